@@ -1,0 +1,73 @@
+//! Command-line interface: `serve` and `check-config`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+
+/// cri-guard: a CRI proxy that lets only verified images reach the container runtime.
+#[derive(Debug, Parser)]
+#[command(name = "cri-guard", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CRI proxy: listen for the kubelet, forward to the runtime.
+    Serve(ServeArgs),
+    /// Validate a configuration file without serving; reports every problem, exits 64 if any.
+    CheckConfig {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); flags override its values.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Socket to listen on [default: /run/cri-guard/cri-guard.sock].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// The runtime's CRI socket [default: /run/containerd/containerd.sock].
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Octal permissions of the listen socket [default: 0660].
+    #[arg(long)]
+    pub socket_mode: Option<String>,
+    /// Upstream connect timeout, e.g. 2s or 500ms [default: 2s].
+    #[arg(long)]
+    pub connect_timeout: Option<String>,
+    /// Time in-flight calls get after SIGTERM [default: 10s].
+    #[arg(long)]
+    pub shutdown_grace: Option<String>,
+    /// Runtime worker threads [default: 1].
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or cri_guard=debug [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flag values that override the file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstream: self.upstream.clone(),
+            socket_mode: self.socket_mode.clone(),
+            connect_timeout: self.connect_timeout.clone(),
+            shutdown_grace: self.shutdown_grace.clone(),
+            workers: self.workers.clone(),
+            log_format: self.log_format.clone(),
+            log_level: self.log_level.clone(),
+        }
+    }
+}

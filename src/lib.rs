@@ -1,0 +1,36 @@
+//! cri-guard: a CRI proxy between the kubelet and the container runtime that refuses images
+//! whose signatures fail the node's policy.
+//!
+//! # Module map
+//!
+//! ```text
+//! main.rs ── cli ── config (TOML, every problem reported at once)
+//!              │
+//!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
+//!                    │
+//!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
+//!                          │            client (runtime side), all calls in one task
+//!                          ├─ route by gRPC path:
+//!                          │    /runtime.v1.*  except the two below → relay (bytes untouched)
+//!                          │    PullImage, CreateContainer          → intercept → Guard → relay
+//!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
+//!                          ├─ proxy::relay     frames, trailers, resets, flow control
+//!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
+//!                          └─ proxy::grpc      unary framing, trailers-only status replies
+//! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
+//! ```
+//!
+//! # Path of a request
+//!
+//! The kubelet's HTTP/2 stream is accepted by `proxy::conn::serve`. A relayed call is sent on
+//! the connection's upstream HTTP/2 connection with the same headers and data frames; the
+//! response's headers, data and trailers come back the same way. An intercepted call is read
+//! whole (bounded), decoded with prost, handed to the [`proxy::Guard`], and then either its
+//! original bytes are forwarded or a status is returned and nothing reaches the runtime.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod cri;
+pub mod proxy;

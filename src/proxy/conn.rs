@@ -1,0 +1,253 @@
+//! One downstream connection: a single task that drives the kubelet's HTTP/2 connection, its own
+//! upstream connection to the runtime, and every call in flight on them.
+//!
+//! Keeping all of that in one task (calls are futures in a `FuturesUnordered`, not spawned tasks)
+//! means a call costs no task hand-offs: on a single-threaded runtime a unary call wakes the
+//! process twice, once for the request and once for the response.
+//!
+//! The upstream connection is opened on the first call that needs it and dropped when it breaks;
+//! the next call opens a new one, so a restarted runtime is picked up without a restart of
+//! cri-guard. While the runtime is unreachable, calls fail at once with `Unavailable`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use h2::RecvStream;
+use h2::client::SendRequest;
+use h2::server::SendResponse;
+use http::Request;
+use prost::Message;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::grpc::{self, Code, Status};
+use super::intercept::{self, BoxFuture, Call, Guard, Verdict};
+use super::relay::{self, Body};
+use crate::cri;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub upstream: PathBuf,
+    pub connect_timeout: Duration,
+    pub max_message: usize,
+    pub guard: Arc<dyn Guard>,
+    /// Unknown `runtime.v1` methods already logged (each is logged once).
+    pub unknown_seen: Mutex<HashSet<String>>,
+}
+
+struct Upstream {
+    send: SendRequest<Bytes>,
+    conn: h2::client::Connection<UnixStream, Bytes>,
+}
+
+/// How a call is handled, from its path alone.
+enum Route {
+    Relay,
+    Intercept,
+    Refuse(Status),
+}
+
+fn route(path: &str, shared: &Shared) -> Route {
+    if path == intercept::PULL_IMAGE || path == intercept::CREATE_CONTAINER {
+        Route::Intercept
+    } else if path.starts_with(cri::V1_PREFIX) {
+        if !cri::KNOWN_METHODS.contains(&path) {
+            let mut seen = shared.unknown_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.insert(path.to_string()) {
+                warn!(method = path, "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)");
+            }
+        }
+        Route::Relay
+    } else if path.starts_with(cri::V1ALPHA2_PREFIX) {
+        Route::Refuse(Status::new(
+            Code::Unimplemented,
+            "cri-guard: CRI runtime.v1alpha2 is not served (it would bypass image verification); \
+             use a kubelet that speaks runtime.v1 (Kubernetes 1.23 or newer)",
+        ))
+    } else {
+        Route::Refuse(Status::new(
+            Code::Unimplemented,
+            format!(
+                "cri-guard: only the CRI runtime.v1 API is forwarded; {path} is not (talk to the \
+                 runtime's own socket for other APIs)"
+            ),
+        ))
+    }
+}
+
+/// Serves one downstream connection until it closes, or until shutdown has drained it.
+pub(crate) async fn serve(io: UnixStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut server = match h2::server::Builder::new().handshake::<_, Bytes>(io).await {
+        Ok(s) => s,
+        Err(e) => return debug!(error = %e, "downstream handshake failed"),
+    };
+    let mut upstream: Option<Upstream> = None;
+    let mut calls: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    let mut draining = *shutdown.borrow();
+    if draining {
+        server.graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = calls.next(), if !calls.is_empty() => {}
+            res = drive(&mut upstream) => {
+                debug!(result = ?res, "upstream connection closed; the next call reconnects");
+                upstream = None;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                server.graceful_shutdown();
+            }
+            next = server.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let call = dispatch(req, respond, &mut upstream, &shared).await;
+                    calls.push(call);
+                }
+                Some(Err(e)) => return debug!(error = %e, "downstream connection error"),
+                None => return,
+            }
+        }
+    }
+}
+
+/// Polls the upstream connection, if there is one, until it closes.
+async fn drive(upstream: &mut Option<Upstream>) -> Result<(), h2::Error> {
+    match upstream {
+        Some(u) => (&mut u.conn).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connect(shared: &Shared) -> Result<Upstream, Status> {
+    let path = &shared.upstream;
+    let fail = |e: &dyn std::fmt::Display| {
+        Status::new(
+            Code::Unavailable,
+            format!(
+                "cri-guard: cannot reach the container runtime at {}: {e}; is it running? \
+                 (calls go through again as soon as it is back)",
+                path.display()
+            ),
+        )
+    };
+    let io = tokio::time::timeout(shared.connect_timeout, UnixStream::connect(path))
+        .await
+        .map_err(|_| fail(&"connect timed out"))?
+        .map_err(|e| fail(&e))?;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(2 << 20)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| fail(&e))?;
+    debug!(upstream = %path.display(), "connected to the runtime");
+    Ok(Upstream { send, conn })
+}
+
+/// Turns an accepted stream into the future that handles it.
+async fn dispatch(
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    upstream: &mut Option<Upstream>,
+    shared: &Arc<Shared>,
+) -> BoxFuture<'static, ()> {
+    let route = route(req.uri().path(), shared);
+    if let Route::Refuse(status) = &route {
+        info!(method = req.uri().path(), code = ?status.code, "refused");
+        relay::reply(respond, status);
+        return Box::pin(std::future::ready(()));
+    }
+    let send = match upstream {
+        Some(u) => u.send.clone(),
+        None => match connect(shared).await {
+            Ok(u) => upstream.insert(u).send.clone(),
+            Err(status) => {
+                warn!(method = req.uri().path(), message = %status.message, "runtime unavailable");
+                relay::reply(respond, &status);
+                return Box::pin(std::future::ready(()));
+            }
+        },
+    };
+    let (head, body) = req.into_parts();
+    match route {
+        Route::Intercept => Box::pin(intercepted(head, body, respond, send, shared.clone())),
+        _ => Box::pin(relay::forward(head, Body::Stream(body), respond, send)),
+    }
+}
+
+/// Reads, decodes and decides on a PullImage or CreateContainer call, then forwards or refuses.
+async fn intercepted(
+    head: http::request::Parts,
+    mut body: RecvStream,
+    respond: SendResponse<Bytes>,
+    send: SendRequest<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let started = Instant::now();
+    let pull = head.uri.path() == intercept::PULL_IMAGE;
+    let method = if pull { "PullImage" } else { "CreateContainer" };
+    let bytes = match relay::read_body(&mut body, shared.max_message, method).await {
+        Ok(b) => b,
+        Err(Some(status)) => return relay::reply(respond, &status),
+        Err(None) => return,
+    };
+    let call = match decode(pull, &bytes) {
+        Ok(c) => c,
+        Err(status) => {
+            warn!(method, message = %status.message, "refused undecodable request");
+            return relay::reply(respond, &status);
+        }
+    };
+    let verdict = shared.guard.decide(&call).await;
+    let decision = match &verdict {
+        Verdict::Deny(_) => "deny",
+        _ => "allow",
+    };
+    info!(
+        method,
+        image = call.image(),
+        namespace = call.namespace(),
+        decision,
+        micros = started.elapsed().as_micros() as u64,
+        "intercepted call"
+    );
+    match verdict {
+        Verdict::Forward => relay::forward(head, Body::Buffered(bytes), respond, send).await,
+        Verdict::ForwardAppended(extra) => {
+            let body = append_fields(&bytes, &extra);
+            relay::forward(head, Body::Buffered(body), respond, send).await
+        }
+        Verdict::Deny(status) => relay::reply(respond, &status),
+    }
+}
+
+fn decode(pull: bool, body: &Bytes) -> Result<Call, Status> {
+    let name = if pull { "PullImageRequest" } else { "CreateContainerRequest" };
+    let bad = |e: &dyn std::fmt::Display| {
+        Status::new(Code::InvalidArgument, format!("cri-guard: cannot decode the {name}: {e}"))
+    };
+    let msg = grpc::unary_message(body).map_err(|e| bad(&e))?;
+    if pull {
+        cri::PullImageRequest::decode(msg).map(Call::Pull).map_err(|e| bad(&e))
+    } else {
+        cri::CreateContainerRequest::decode(msg).map(Call::Create).map_err(|e| bad(&e))
+    }
+}
+
+/// The framed request with `extra` encoded fields appended to its message.
+fn append_fields(framed: &Bytes, extra: &Bytes) -> Bytes {
+    let len = framed.len() - 5 + extra.len();
+    let mut out = BytesMut::with_capacity(5 + len);
+    out.put_u8(0);
+    out.put_u32(len as u32);
+    out.extend_from_slice(&framed[5..]);
+    out.extend_from_slice(extra);
+    out.freeze()
+}

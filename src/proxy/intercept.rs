@@ -1,0 +1,87 @@
+//! The one intercept point: PullImage and CreateContainer are buffered, decoded and handed to a
+//! [`Guard`] before anything reaches the runtime. Everything else is relayed untouched.
+//!
+//! The guard sees decoded requests; the proxy keeps the original bytes and forwards those (or the
+//! original bytes with extra fields appended, see [`Verdict::ForwardAppended`]), so fields a newer
+//! kubelet sends and our proto lacks survive.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use super::grpc::Status;
+use crate::cri::{CreateContainerRequest, PullImageRequest};
+
+/// The gRPC paths that go through the guard.
+pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
+pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
+
+/// A decoded request that needs a decision.
+#[derive(Debug)]
+pub enum Call {
+    Pull(PullImageRequest),
+    Create(CreateContainerRequest),
+}
+
+impl Call {
+    /// The method name, for logs.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Call::Pull(_) => "PullImage",
+            Call::Create(_) => "CreateContainer",
+        }
+    }
+
+    /// The image the call names, for logs (never includes credentials).
+    pub fn image(&self) -> &str {
+        let spec = match self {
+            Call::Pull(r) => r.image.as_ref(),
+            Call::Create(r) => r.config.as_ref().and_then(|c| c.image.as_ref()),
+        };
+        spec.map(|s| s.image.as_str()).unwrap_or("")
+    }
+
+    /// The pod's namespace, when the kubelet sent the sandbox config.
+    pub fn namespace(&self) -> &str {
+        let sandbox = match self {
+            Call::Pull(r) => r.sandbox_config.as_ref(),
+            Call::Create(r) => r.sandbox_config.as_ref(),
+        };
+        sandbox
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| m.namespace.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// What to do with an intercepted call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward the original request bytes.
+    Forward,
+    /// Forward the original message with these protobuf-encoded fields appended (protobuf merge:
+    /// the last value of a field wins, embedded messages merge), e.g. to pin an image to a digest
+    /// without dropping fields unknown to our proto.
+    ForwardAppended(Bytes),
+    /// Refuse: answer with this status; nothing reaches the runtime.
+    Deny(Status),
+}
+
+/// A boxed future, as returned by [`Guard::decide`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Decides on intercepted calls. Implementations must fail closed: any error is a `Deny`.
+pub trait Guard: Send + Sync + 'static {
+    fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict>;
+}
+
+/// The guard of the transparent proxy: allows everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+impl Guard for AllowAll {
+    fn decide<'a>(&'a self, _call: &'a Call) -> BoxFuture<'a, Verdict> {
+        Box::pin(std::future::ready(Verdict::Forward))
+    }
+}

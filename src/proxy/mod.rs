@@ -1,0 +1,168 @@
+//! Transport: the listen socket, one task per kubelet connection, and graceful shutdown.
+//!
+//! [`Proxy::bind`] claims the socket (replacing a stale one, refusing to steal a live one) and
+//! sets its mode; [`Proxy::run`] accepts connections until the shutdown future resolves, then
+//! stops accepting, removes the socket file, lets in-flight calls finish within the grace period
+//! and drops what is left.
+
+mod conn;
+pub mod grpc;
+pub mod intercept;
+mod relay;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+pub use intercept::{AllowAll, Call, Guard, Verdict};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{path} exists and is not a socket; remove it or choose another `listen` path")]
+    NotASocket { path: PathBuf },
+    #[error("another process is already serving on {path}; stop it first (is cri-guard already running?)")]
+    InUse { path: PathBuf },
+    #[error("cannot prepare the listen socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound, not yet running proxy.
+pub struct Proxy {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of our socket file, so shutdown removes only our own file.
+    ident: (u64, u64),
+    grace: Duration,
+    shared: Arc<conn::Shared>,
+}
+
+impl Proxy {
+    /// Claims the listen socket of `cfg`. Must be called inside a tokio runtime.
+    pub fn bind(cfg: &Config, guard: Arc<dyn Guard>) -> Result<Proxy, ProxyError> {
+        let path = cfg.listen.clone();
+        let io = |source| ProxyError::Socket {
+            path: path.clone(),
+            source,
+        };
+        claim_path(&path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let listener = UnixListener::bind(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(io)?;
+        let meta = std::fs::metadata(&path).map_err(io)?;
+        Ok(Proxy {
+            listener,
+            ident: (meta.dev(), meta.ino()),
+            path,
+            grace: cfg.shutdown_grace,
+            shared: Arc::new(conn::Shared {
+                upstream: cfg.upstream.clone(),
+                connect_timeout: cfg.connect_timeout,
+                max_message: cfg.max_intercepted_message,
+                guard,
+                unknown_seen: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// The socket path the proxy listens on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `shutdown` resolves, then drains within the grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Proxy {
+            listener,
+            path,
+            ident,
+            grace,
+            shared,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((io, _)) => {
+                        conns.spawn(conn::serve(io, shared.clone(), stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: back off briefly instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        remove_own_socket(&path, ident);
+        info!(in_flight_connections = conns.len(), grace = ?grace, "shutting down: no longer accepting");
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(connections = conns.len(), "grace period over; dropping calls still in flight");
+            conns.abort_all();
+        }
+        info!("stopped");
+    }
+}
+
+/// Makes `path` free for binding: a stale socket (nobody accepting) is removed; a live one or a
+/// non-socket file is an error.
+fn claim_path(path: &Path) -> Result<(), ProxyError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ProxyError::Socket {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ProxyError::NotASocket { path: path.into() });
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ProxyError::InUse { path: path.into() });
+    }
+    debug!(path = %path.display(), "replacing a stale socket file");
+    std::fs::remove_file(path).map_err(|source| ProxyError::Socket {
+        path: path.into(),
+        source,
+    })
+}
+
+fn remove_own_socket(path: &Path, ident: (u64, u64)) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == ident => {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!(path = %path.display(), error = %e, "could not remove the socket file");
+            }
+        }
+        _ => debug!(path = %path.display(), "socket file already gone or replaced; left alone"),
+    }
+}

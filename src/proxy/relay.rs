@@ -1,0 +1,205 @@
+//! Moving one gRPC call between the downstream (kubelet) and upstream (runtime) HTTP/2
+//! connections without decoding it: headers, data frames, trailers and resets are passed on as
+//! they come, so what leaves is byte-for-byte what arrived (messages are never re-encoded).
+//!
+//! Two details carry the speed (see design.md section 7): request data that is already there is
+//! sent right behind the request headers without reserving capacity first, so both leave in one
+//! write; and the response is sent with flow-control capacity reserved, releasing the upstream
+//! window only for what was actually forwarded, so a large List response has real backpressure.
+
+use std::future::poll_fn;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use h2::client::SendRequest;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Request, Response};
+
+use super::grpc::{Code, Status};
+
+/// A request body: still arriving, or already read whole (an intercepted call).
+pub(crate) enum Body {
+    Stream(RecvStream),
+    Buffered(Bytes),
+}
+
+/// Answers a call with a status and nothing else.
+pub(crate) fn reply(mut respond: SendResponse<Bytes>, status: &Status) {
+    // An error here means the client already went away: nothing left to tell it.
+    let _ = respond.send_response(status.to_response(), true);
+}
+
+fn unavailable(what: &str, e: &h2::Error) -> Status {
+    Status::new(
+        Code::Unavailable,
+        format!("cri-guard: the container runtime {what}: {e}; the call was not completed"),
+    )
+}
+
+/// Forwards one call upstream and relays the response back.
+pub(crate) async fn forward(
+    head: http::request::Parts,
+    body: Body,
+    mut respond: SendResponse<Bytes>,
+    upstream: SendRequest<Bytes>,
+) {
+    let mut upstream = match upstream.ready().await {
+        Ok(u) => u,
+        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+    };
+    let request = Request::from_parts(head, ());
+
+    // Send the headers, plus whatever request data is already here, before yielding.
+    let (response, rest) = match body {
+        Body::Buffered(bytes) => match upstream.send_request(request, false) {
+            Ok((response, mut tx)) => {
+                let _ = tx.send_data(bytes, true);
+                (response, None)
+            }
+            Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+        },
+        Body::Stream(mut rx) => {
+            let mut first = None;
+            if !rx.is_end_stream() {
+                if let Some(Some(Ok(chunk))) = rx.data().now_or_never() {
+                    first = Some(chunk);
+                }
+            }
+            let done = rx.is_end_stream() && first.is_none();
+            match upstream.send_request(request, done) {
+                Ok((response, mut tx)) => {
+                    if let Some(chunk) = first {
+                        let n = chunk.len();
+                        let eos = rx.is_end_stream();
+                        let _ = tx.send_data(chunk, eos);
+                        let _ = rx.flow_control().release_capacity(n);
+                        (response, (!eos).then_some((rx, tx)))
+                    } else {
+                        (response, (!done).then_some((rx, tx)))
+                    }
+                }
+                Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+            }
+        }
+    };
+
+    let response_side = async move {
+        match response.await {
+            Ok(resp) => {
+                let (parts, rx) = resp.into_parts();
+                let eos = rx.is_end_stream();
+                match respond.send_response(Response::from_parts(parts, ()), eos) {
+                    Ok(tx) if !eos => pipe(rx, tx).await,
+                    _ => {}
+                }
+            }
+            Err(e) => match e.reason() {
+                // The runtime reset the stream: pass the reset on, as a direct client would see it.
+                Some(reason) if e.is_remote() => respond.send_reset(reason),
+                _ => reply(respond, &unavailable("connection broke", &e)),
+            },
+        }
+    };
+    match rest {
+        None => response_side.await,
+        Some((rx, tx)) => {
+            // The call ends when the response ends; a request still streaming then is dropped.
+            let request_side = async move {
+                pipe(rx, tx).await;
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = request_side => {}
+                _ = response_side => {}
+            }
+        }
+    }
+}
+
+/// Relays one direction of a stream: data with backpressure, then trailers or end of stream.
+/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL).
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            d = rx.data() => d,
+            _ = poll_fn(|cx| tx.poll_reset(cx)) => return,
+        };
+        match next {
+            Some(Ok(chunk)) => {
+                let n = chunk.len();
+                let eos = rx.is_end_stream();
+                if send_all(&mut tx, chunk, eos).await.is_err() {
+                    return;
+                }
+                let _ = rx.flow_control().release_capacity(n);
+                if eos {
+                    return;
+                }
+            }
+            Some(Err(e)) => return tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+            None => break,
+        }
+    }
+    match rx.trailers().await {
+        Ok(Some(trailers)) => {
+            let _ = tx.send_trailers(trailers);
+        }
+        Ok(None) => {
+            let _ = tx.send_data(Bytes::new(), true);
+        }
+        Err(e) => tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+    }
+}
+
+/// Sends `chunk` within the peer's flow-control window, waiting for capacity as needed; the
+/// end-of-stream flag rides on the last frame.
+async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Result<(), ()> {
+    if chunk.is_empty() {
+        return if eos { tx.send_data(chunk, true).map_err(drop) } else { Ok(()) };
+    }
+    while !chunk.is_empty() {
+        tx.reserve_capacity(chunk.len());
+        let mut cap = tx.capacity();
+        while cap == 0 {
+            cap = match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                _ => return Err(()),
+            };
+        }
+        let part = chunk.split_to(cap.min(chunk.len()));
+        tx.send_data(part, eos && chunk.is_empty()).map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// Reads a whole request body, refusing more than `max` bytes. `Err(None)`: the client went away.
+pub(crate) async fn read_body(rx: &mut RecvStream, max: usize, method: &str) -> Result<Bytes, Option<Status>> {
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = rx.data().await {
+        let chunk = chunk.map_err(|_| None)?;
+        total += chunk.len();
+        let _ = rx.flow_control().release_capacity(chunk.len());
+        if total > max {
+            return Err(Some(Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "cri-guard: {method} request larger than {max} bytes refused; raise \
+                     `max_intercepted_message` in the cri-guard configuration if this is legitimate"
+                ),
+            )));
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
