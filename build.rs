@@ -18,7 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let package = file.package();
         for service in &file.service {
             for method in &service.method {
-                writeln!(known, "    \"/{package}.{}/{}\",", service.name(), method.name())?;
+                writeln!(
+                    known,
+                    "    \"/{package}.{}/{}\",",
+                    service.name(),
+                    method.name()
+                )?;
             }
         }
     }
@@ -29,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -217,17 +217,26 @@ impl Validator {
                 listen.display()
             ));
         }
-        let socket_mode = self.parsed("socket_mode", pick(t, "socket_mode", &o.socket_mode), d.socket_mode, |s| {
-            u32::from_str_radix(s.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|m| *m <= 0o777)
-                .ok_or("an octal permission string such as \"0660\"")
-        });
+        let socket_mode = self.parsed(
+            "socket_mode",
+            pick(t, "socket_mode", &o.socket_mode),
+            d.socket_mode,
+            |s| {
+                u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or("an octal permission string such as \"0660\"")
+            },
+        );
         let connect_timeout = self.parsed(
             "connect_timeout",
             pick(t, "connect_timeout", &o.connect_timeout),
             d.connect_timeout,
-            |s| parse_duration(s).filter(|d| !d.is_zero()).ok_or("a positive duration such as \"2s\" or \"500ms\""),
+            |s| {
+                parse_duration(s)
+                    .filter(|d| !d.is_zero())
+                    .ok_or("a positive duration such as \"2s\" or \"500ms\"")
+            },
         );
         let shutdown_grace = self.parsed(
             "shutdown_grace",
@@ -251,16 +260,27 @@ impl Validator {
                     .ok_or("a size from \"1KiB\" to \"256MiB\", such as \"16MiB\"")
             },
         );
-        let format = self.parsed("log.format", pick(log, "format", &o.log_format), d.log.format, |s| match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err("\"text\" or \"json\""),
-        });
-        let level = self.parsed("log.level", pick(log, "level", &o.log_level), d.log.level, |s| {
-            tracing_subscriber::EnvFilter::try_new(s)
+        let format = self.parsed(
+            "log.format",
+            pick(log, "format", &o.log_format),
+            d.log.format,
+            |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("\"text\" or \"json\""),
+            },
+        );
+        let level =
+            self.parsed(
+                "log.level",
+                pick(log, "level", &o.log_level),
+                d.log.level,
+                |s| {
+                    tracing_subscriber::EnvFilter::try_new(s)
                 .map(|_| s.to_string())
                 .map_err(|_| "a log filter such as \"info\", \"debug\" or \"cri_guard=debug,info\"")
-        });
+                },
+            );
         Config {
             listen,
             upstream,
@@ -277,7 +297,11 @@ impl Validator {
         for key in t.keys().filter(|k| !known.contains(&k.as_str())) {
             self.problems.push(format!(
                 "unknown key `{prefix}{key}` (known keys: {})",
-                known.iter().map(|k| format!("{prefix}{k}")).collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .map(|k| format!("{prefix}{k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
     }
@@ -295,12 +319,15 @@ impl Validator {
             Ok(s) => match parse(&s) {
                 Ok(v) => v,
                 Err(expected) => {
-                    self.problems.push(format!("`{key}` = {s:?} is invalid: expected {expected}"));
+                    self.problems
+                        .push(format!("`{key}` = {s:?} is invalid: expected {expected}"));
                     default
                 }
             },
             Err(found) => {
-                self.problems.push(format!("`{key}` must be a string or number, found a {found}"));
+                self.problems.push(format!(
+                    "`{key}` must be a string or number, found a {found}"
+                ));
                 default
             }
         }
@@ -434,7 +461,14 @@ mod tests {
         )
         .unwrap_err();
         let text = e.to_string();
-        for key in ["`listen`", "`socket_mode`", "`connect_timeout`", "`workers`", "`colour`", "`log.format`"] {
+        for key in [
+            "`listen`",
+            "`socket_mode`",
+            "`connect_timeout`",
+            "`workers`",
+            "`colour`",
+            "`log.format`",
+        ] {
             assert!(text.contains(key), "{key} not reported in:\n{text}");
         }
         assert_eq!(e.problems.len(), 6, "{text}");

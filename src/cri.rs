@@ -22,14 +22,15 @@ pub const V1ALPHA2_PREFIX: &str = "/runtime.v1alpha2.";
 pub fn channel(socket: impl AsRef<Path>) -> tonic::transport::Channel {
     let path: PathBuf = socket.as_ref().to_path_buf();
     // The URI is ignored by the connector; it only has to parse.
-    tonic::transport::Endpoint::from_static("http://cri.sock")
-        .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+    tonic::transport::Endpoint::from_static("http://cri.sock").connect_with_connector_lazy(
+        tower::service_fn(move |_: http::Uri| {
             let path = path.clone();
             async move {
                 let stream = tokio::net::UnixStream::connect(path).await?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
-        }))
+        }),
+    )
 }
 
 /// A RuntimeService client on `socket`.

@@ -58,9 +58,15 @@ fn route(path: &str, shared: &Shared) -> Route {
         Route::Intercept
     } else if path.starts_with(cri::V1_PREFIX) {
         if !cri::KNOWN_METHODS.contains(&path) {
-            let mut seen = shared.unknown_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = shared
+                .unknown_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if seen.insert(path.to_string()) {
-                warn!(method = path, "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)");
+                warn!(
+                    method = path,
+                    "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)"
+                );
             }
         }
         Route::Relay
@@ -82,7 +88,11 @@ fn route(path: &str, shared: &Shared) -> Route {
 }
 
 /// Serves one downstream connection until it closes, or until shutdown has drained it.
-pub(crate) async fn serve(io: UnixStream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    io: UnixStream,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut server = match h2::server::Builder::new().handshake::<_, Bytes>(io).await {
         Ok(s) => s,
         Err(e) => return debug!(error = %e, "downstream handshake failed"),
@@ -229,15 +239,26 @@ async fn intercepted(
 }
 
 fn decode(pull: bool, body: &Bytes) -> Result<Call, Status> {
-    let name = if pull { "PullImageRequest" } else { "CreateContainerRequest" };
+    let name = if pull {
+        "PullImageRequest"
+    } else {
+        "CreateContainerRequest"
+    };
     let bad = |e: &dyn std::fmt::Display| {
-        Status::new(Code::InvalidArgument, format!("cri-guard: cannot decode the {name}: {e}"))
+        Status::new(
+            Code::InvalidArgument,
+            format!("cri-guard: cannot decode the {name}: {e}"),
+        )
     };
     let msg = grpc::unary_message(body).map_err(|e| bad(&e))?;
     if pull {
-        cri::PullImageRequest::decode(msg).map(Call::Pull).map_err(|e| bad(&e))
+        cri::PullImageRequest::decode(msg)
+            .map(Call::Pull)
+            .map_err(|e| bad(&e))
     } else {
-        cri::CreateContainerRequest::decode(msg).map(Call::Create).map_err(|e| bad(&e))
+        cri::CreateContainerRequest::decode(msg)
+            .map(Call::Create)
+            .map_err(|e| bad(&e))
     }
 }
 

@@ -97,7 +97,10 @@ mod tests {
     fn unary_frames() {
         let ok = Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]);
         assert_eq!(unary_message(&ok).unwrap(), Bytes::from_static(&[8, 1]));
-        assert_eq!(unary_message(&Bytes::from_static(&[0, 0])), Err(FrameError::Truncated(2)));
+        assert_eq!(
+            unary_message(&Bytes::from_static(&[0, 0])),
+            Err(FrameError::Truncated(2))
+        );
         assert_eq!(
             unary_message(&Bytes::from_static(&[1, 0, 0, 0, 0])),
             Err(FrameError::Compressed)
@@ -111,7 +114,8 @@ mod tests {
     /// Status responses are trailers-only with a percent-encoded message.
     #[test]
     fn status_response() {
-        let r = Status::new(Code::Unknown, "SignatureValidationFailed: a 100% ünsigned").to_response();
+        let r =
+            Status::new(Code::Unknown, "SignatureValidationFailed: a 100% ünsigned").to_response();
         assert_eq!(r.headers()["grpc-status"], "2");
         assert_eq!(
             r.headers()["grpc-message"],

@@ -30,7 +30,9 @@ pub use intercept::{AllowAll, Call, Guard, Verdict};
 pub enum ProxyError {
     #[error("{path} exists and is not a socket; remove it or choose another `listen` path")]
     NotASocket { path: PathBuf },
-    #[error("another process is already serving on {path}; stop it first (is cri-guard already running?)")]
+    #[error(
+        "another process is already serving on {path}; stop it first (is cri-guard already running?)"
+    )]
     InUse { path: PathBuf },
     #[error("cannot prepare the listen socket {path}: {source}")]
     Socket {
@@ -63,7 +65,8 @@ impl Proxy {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let listener = UnixListener::bind(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
+            .map_err(io)?;
         let meta = std::fs::metadata(&path).map_err(io)?;
         Ok(Proxy {
             listener,
@@ -118,12 +121,13 @@ impl Proxy {
         remove_own_socket(&path, ident);
         info!(in_flight_connections = conns.len(), grace = ?grace, "shutting down: no longer accepting");
         let _ = stop_tx.send(true);
-        let drained = tokio::time::timeout(grace, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            warn!(connections = conns.len(), "grace period over; dropping calls still in flight");
+            warn!(
+                connections = conns.len(),
+                "grace period over; dropping calls still in flight"
+            );
             conns.abort_all();
         }
         info!("stopped");

@@ -157,7 +157,11 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
 /// end-of-stream flag rides on the last frame.
 async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Result<(), ()> {
     if chunk.is_empty() {
-        return if eos { tx.send_data(chunk, true).map_err(drop) } else { Ok(()) };
+        return if eos {
+            tx.send_data(chunk, true).map_err(drop)
+        } else {
+            Ok(())
+        };
     }
     while !chunk.is_empty() {
         tx.reserve_capacity(chunk.len());
@@ -175,7 +179,11 @@ async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Re
 }
 
 /// Reads a whole request body, refusing more than `max` bytes. `Err(None)`: the client went away.
-pub(crate) async fn read_body(rx: &mut RecvStream, max: usize, method: &str) -> Result<Bytes, Option<Status>> {
+pub(crate) async fn read_body(
+    rx: &mut RecvStream,
+    max: usize,
+    method: &str,
+) -> Result<Bytes, Option<Status>> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
