@@ -1,6 +1,7 @@
 //! The `cri-guard` binary: parse the command line, load the configuration, set up logging and
 //! the runtime, run, and map failures to exit codes (64: bad configuration, 1: failed to serve).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -76,6 +77,7 @@ fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),

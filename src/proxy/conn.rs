@@ -31,6 +31,9 @@ use super::intercept::{self, BoxFuture, Call, Guard, Verdict};
 use super::relay::{self, Body};
 use crate::cri;
 
+/// How long a draining connection with no calls in flight stays open.
+const IDLE_CLOSE: Duration = Duration::from_millis(100);
+
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub upstream: PathBuf,
@@ -115,6 +118,9 @@ pub(crate) async fn serve(
                 draining = true;
                 server.graceful_shutdown();
             }
+            // Draining and nothing in flight: give the GOAWAY a moment to leave, then close,
+            // rather than wait for a client that may never answer h2's shutdown PING.
+            _ = tokio::time::sleep(IDLE_CLOSE), if draining && calls.is_empty() => return,
             next = server.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let call = dispatch(req, respond, &mut upstream, &shared).await;
