@@ -218,3 +218,13 @@ fn serve_replaces_stale_socket() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// The example configuration shipped in deploy/ is valid and says exactly the defaults it claims.
+#[test]
+fn shipped_example_config_is_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cri-guard.toml");
+    let out = run(&["check-config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let cfg = cri_guard::config::Config::load(Some(&path), &Default::default()).unwrap();
+    assert_eq!(cfg, cri_guard::config::Config::default());
+}

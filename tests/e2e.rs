@@ -201,13 +201,11 @@ async fn pod_lifecycle_through_proxy_matches_direct() {
     let ev = rt
         .get_container_events(cri::GetEventsRequest::default())
         .await
-        .err()
-        .expect("1.6 has no events");
+        .expect_err("1.6 has no events");
     let ev_d = rt_d
         .get_container_events(cri::GetEventsRequest::default())
         .await
-        .err()
-        .expect("1.6 has no events");
+        .expect_err("1.6 has no events");
     assert_eq!((ev.code(), ev.message()), (ev_d.code(), ev_d.message()));
     assert_eq!(ev.code(), tonic::Code::Unimplemented);
 

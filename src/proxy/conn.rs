@@ -259,11 +259,11 @@ fn decode(pull: bool, body: &Bytes) -> Result<Call, Status> {
     let msg = grpc::unary_message(body).map_err(|e| bad(&e))?;
     if pull {
         cri::PullImageRequest::decode(msg)
-            .map(Call::Pull)
+            .map(|r| Call::Pull(Box::new(r)))
             .map_err(|e| bad(&e))
     } else {
         cri::CreateContainerRequest::decode(msg)
-            .map(Call::Create)
+            .map(|r| Call::Create(Box::new(r)))
             .map_err(|e| bad(&e))
     }
 }

@@ -20,8 +20,8 @@ pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
 /// A decoded request that needs a decision.
 #[derive(Debug)]
 pub enum Call {
-    Pull(PullImageRequest),
-    Create(CreateContainerRequest),
+    Pull(Box<PullImageRequest>),
+    Create(Box<CreateContainerRequest>),
 }
 
 impl Call {
