@@ -1,4 +1,4 @@
-//! Command-line interface: `serve` and `check-config`.
+//! Command-line interface: `serve`, `check-config` and `verify`.
 
 use std::path::PathBuf;
 
@@ -18,11 +18,33 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CRI proxy: listen for the kubelet, forward to the runtime.
     Serve(ServeArgs),
-    /// Validate a configuration file without serving; reports every problem, exits 64 if any.
+    /// Validate a configuration file (and the policy it names) without serving; reports every
+    /// problem, exits 64 if any.
     CheckConfig {
         /// The configuration file (TOML).
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// A policy file to validate (instead of, or besides, the one the configuration names).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
+    /// Decide on images as the proxy would, without a runtime; exits 1 if any is denied.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The policy file (TOML).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The pod namespace to decide for (namespace-scoped rules).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Registry user name; the password is read from the environment variable CRI_GUARD_PASSWORD.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Images to check, e.g. registry.example.com/app:1.2 or repo@sha256:...
+    #[arg(required = true)]
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +76,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or cri_guard=debug [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// The image policy file (TOML); SIGHUP reloads it.
+    #[arg(long)]
+    pub policy: Option<String>,
 }
 
 impl ServeArgs {
@@ -68,6 +93,7 @@ impl ServeArgs {
             workers: self.workers.clone(),
             log_format: self.log_format.clone(),
             log_level: self.log_level.clone(),
+            policy: self.policy.clone(),
         }
     }
 }

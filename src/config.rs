@@ -13,6 +13,7 @@
 //! shutdown_grace = "10s"                       # SIGTERM: time in-flight calls get to finish
 //! workers = 1                                  # 1 = single-threaded runtime (fastest here)
 //! max_intercepted_message = "16MiB"            # PullImage/CreateContainer body size limit
+//! policy = "/etc/cri-guard/policy.toml"        # image policy; without one, everything is allowed
 //!
 //! [log]
 //! format = "text"                              # text | json
@@ -40,6 +41,8 @@ pub struct Config {
     pub workers: usize,
     /// Largest PullImage/CreateContainer request body the proxy buffers to decide on.
     pub max_intercepted_message: usize,
+    /// The image policy file; `None` runs the proxy without verification (logged loudly).
+    pub policy: Option<PathBuf>,
     /// Log output.
     pub log: LogConfig,
 }
@@ -72,6 +75,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             workers: 1,
             max_intercepted_message: 16 << 20,
+            policy: None,
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -91,6 +95,7 @@ pub struct Overrides {
     pub workers: Option<String>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub policy: Option<String>,
 }
 
 /// Every problem found in a configuration, each naming the key and the fix.
@@ -180,6 +185,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "workers",
     "max_intercepted_message",
+    "policy",
     "log",
 ];
 const LOG_KEYS: &[&str] = &["format", "level"];
@@ -260,6 +266,13 @@ impl Validator {
                     .ok_or("a size from \"1KiB\" to \"256MiB\", such as \"16MiB\"")
             },
         );
+        let policy = self.parsed("policy", pick(t, "policy", &o.policy), None, |s| {
+            if s.is_empty() {
+                Err("a path to the policy file")
+            } else {
+                Ok(Some(PathBuf::from(s)))
+            }
+        });
         let format = self.parsed(
             "log.format",
             pick(log, "format", &o.log_format),
@@ -289,6 +302,7 @@ impl Validator {
             shutdown_grace,
             workers,
             max_intercepted_message,
+            policy,
             log: LogConfig { format, level },
         }
     }

@@ -17,6 +17,12 @@
 //!                          ├─ proxy::relay     frames, trailers, resets, flow control
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies
+//!                          Guard = verify::Verifier:
+//!                            verify::policy   rules (imageReferences, namespaces, mode, attestors, count)
+//!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
+//!                                             negative TTL, tag resolutions, single flight
+//!                            verify::cosign   one `.sig` layer against one key (payload claims, Rekor bundle)
+//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!
@@ -34,3 +40,5 @@ pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod proxy;
+pub mod registry;
+pub mod verify;

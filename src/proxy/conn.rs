@@ -240,6 +240,9 @@ async fn intercepted(
             let body = append_fields(&bytes, &extra);
             relay::forward(head, Body::Buffered(body), respond, send).await
         }
+        Verdict::ForwardThen(confirm) => {
+            relay::forward_confirmed(head, bytes, respond, send, confirm).await
+        }
         Verdict::Deny(status) => relay::reply(respond, &status),
     }
 }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 use super::grpc::Status;
-use crate::cri::{CreateContainerRequest, PullImageRequest};
+use crate::cri::{CreateContainerRequest, PullImageRequest, PullImageResponse};
 
 /// The gRPC paths that go through the guard.
 pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
@@ -55,8 +55,13 @@ impl Call {
     }
 }
 
+/// Checks the runtime's successful PullImage response before it goes back to the kubelet; an
+/// error status replaces the response (the guard must undo what the runtime did, e.g. remove
+/// the image, before returning it).
+pub type Confirm =
+    Box<dyn FnOnce(PullImageResponse) -> BoxFuture<'static, Result<(), Status>> + Send>;
+
 /// What to do with an intercepted call.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Forward the original request bytes.
     Forward,
@@ -64,8 +69,22 @@ pub enum Verdict {
     /// the last value of a field wins, embedded messages merge), e.g. to pin an image to a digest
     /// without dropping fields unknown to our proto.
     ForwardAppended(Bytes),
+    /// Forward the original bytes; if the runtime succeeds, run the confirmation on its response
+    /// before answering (used to check the digest the runtime actually stored, invariant I1).
+    ForwardThen(Confirm),
     /// Refuse: answer with this status; nothing reaches the runtime.
     Deny(Status),
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Forward => f.write_str("Forward"),
+            Verdict::ForwardAppended(b) => write!(f, "ForwardAppended({} bytes)", b.len()),
+            Verdict::ForwardThen(_) => f.write_str("ForwardThen"),
+            Verdict::Deny(s) => write!(f, "Deny({s:?})"),
+        }
+    }
 }
 
 /// A boxed future, as returned by [`Guard::decide`].

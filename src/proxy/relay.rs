@@ -16,7 +16,10 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response};
 
-use super::grpc::{Code, Status};
+use super::grpc::{self, Code, Status};
+use super::intercept::Confirm;
+use crate::cri::PullImageResponse;
+use prost::Message;
 
 /// A request body: still arriving, or already read whole (an intercepted call).
 pub(crate) enum Body {
@@ -210,4 +213,83 @@ pub(crate) async fn read_body(
         }
     }
     Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Forwards a unary call whose successful response must be confirmed before the kubelet sees it:
+/// the response is read whole (headers, message, trailers), handed to `confirm`, and then either
+/// relayed unchanged or replaced by the status `confirm` returns. Error responses pass through.
+pub(crate) async fn forward_confirmed(
+    head: http::request::Parts,
+    body: Bytes,
+    mut respond: SendResponse<Bytes>,
+    upstream: SendRequest<Bytes>,
+    confirm: Confirm,
+) {
+    let mut upstream = match upstream.ready().await {
+        Ok(u) => u,
+        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+    };
+    let response = match upstream.send_request(Request::from_parts(head, ()), false) {
+        Ok((response, mut tx)) => {
+            let _ = tx.send_data(body, true);
+            response
+        }
+        Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+    };
+    let resp = match response.await {
+        Ok(r) => r,
+        Err(e) => return reply(respond, &unavailable("connection broke", &e)),
+    };
+    let (parts, mut rx) = resp.into_parts();
+    if rx.is_end_stream() {
+        // Trailers-only: an error status. Nothing was stored; pass it on.
+        let _ = respond.send_response(Response::from_parts(parts, ()), true);
+        return;
+    }
+    let data = match read_body(&mut rx, 16 << 20, "PullImage response").await {
+        Ok(d) => d,
+        Err(_) => {
+            return reply(
+                respond,
+                &Status::new(
+                    Code::Unavailable,
+                    "cri-guard: the runtime's response broke off",
+                ),
+            );
+        }
+    };
+    let trailers = rx.trailers().await.ok().flatten();
+    let ok = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .is_some_and(|s| s.as_bytes() == b"0");
+    if ok {
+        let decoded = grpc::unary_message(&data)
+            .map_err(|e| e.to_string())
+            .and_then(|m| PullImageResponse::decode(m).map_err(|e| e.to_string()));
+        let verdict = match decoded {
+            Ok(pulled) => confirm(pulled).await,
+            Err(e) => Err(Status::new(
+                Code::Unknown,
+                format!(
+                    "SignatureValidationFailed: cri-guard cannot read the runtime's PullImage response ({e})"
+                ),
+            )),
+        };
+        if let Err(status) = verdict {
+            return reply(respond, &status);
+        }
+    }
+    let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
+        return;
+    };
+    let _ = tx.send_data(data, false);
+    match trailers {
+        Some(t) => {
+            let _ = tx.send_trailers(t);
+        }
+        None => {
+            let _ = tx.send_data(Bytes::new(), true);
+        }
+    }
 }

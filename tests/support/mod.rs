@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod image;
 pub mod pod;
 pub mod registry;
+pub mod sign;
 pub mod util;
 
 use std::path::PathBuf;

@@ -1,0 +1,619 @@
+//! OCI registry access for verification: resolve a tag to a digest, fetch a manifest, fetch a
+//! blob. Every request has a timeout, every body a size limit, every blob's digest is checked.
+//!
+//! Where to connect comes from, in order: containerd's `hosts.toml` for the registry (the policy's
+//! `hostsDir`, the same `certs.d` directory containerd reads, so signatures are fetched from where
+//! containerd pulls), then the policy's `registries.<host>.insecure` (plain HTTP), then
+//! `https://<host>` (`docker.io` is `registry-1.docker.io`).
+//!
+//! Credentials ([`Auth`]) are per call: the kubelet's `PullImageRequest.auth` for that registry.
+//! They are sent as Basic auth, or exchanged for a bearer token when the registry asks for one
+//! (tokens are kept in memory, keyed by credential fingerprint). They are never logged: [`Auth`]'s
+//! `Debug` prints only the user name.
+//!
+//! oci-client's own client is not used for fetching because it keeps the first credentials it
+//! sees per registry and reads manifests without a size limit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use oci_client::Reference;
+use sha2::{Digest as _, Sha256};
+
+/// Manifest media types we accept (Docker v2 and OCI, single and multi-platform).
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Registry credentials for one call. Never logged.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub enum Auth {
+    #[default]
+    Anonymous,
+    Basic {
+        username: String,
+        password: String,
+    },
+    /// An identity or registry token (OAuth refresh token / bearer).
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Anonymous => f.write_str("Anonymous"),
+            Auth::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Auth {
+    /// From the kubelet's CRI `AuthConfig` (username/password, base64 `auth`, or tokens).
+    pub fn from_cri(a: Option<&crate::cri::AuthConfig>) -> Auth {
+        let Some(a) = a else { return Auth::Anonymous };
+        if !a.username.is_empty() || !a.password.is_empty() {
+            return Auth::Basic {
+                username: a.username.clone(),
+                password: a.password.clone(),
+            };
+        }
+        if !a.auth.is_empty() {
+            if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(a.auth.trim()) {
+                if let Ok(s) = String::from_utf8(raw) {
+                    if let Some((u, p)) = s.split_once(':') {
+                        return Auth::Basic {
+                            username: u.into(),
+                            password: p.into(),
+                        };
+                    }
+                }
+            }
+        }
+        if !a.registry_token.is_empty() {
+            return Auth::Bearer(a.registry_token.clone());
+        }
+        if !a.identity_token.is_empty() {
+            return Auth::Bearer(a.identity_token.clone());
+        }
+        Auth::Anonymous
+    }
+
+    /// A fingerprint to key cached tokens by, without keeping the secret itself as a key.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        match self {
+            Auth::Anonymous => h.update(b"anon"),
+            Auth::Basic { username, password } => {
+                h.update(b"basic\0");
+                h.update(username.as_bytes());
+                h.update(b"\0");
+                h.update(password.as_bytes());
+            }
+            Auth::Bearer(t) => {
+                h.update(b"bearer\0");
+                h.update(t.as_bytes());
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+/// Why a registry request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry could not be reached or did not answer in time.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} requires credentials that were not given or were refused (HTTP 401)")]
+    Unauthorized { url: String },
+    #[error("{url} sent more than the limit of {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} sent content whose digest is {actual}, not {expected}")]
+    DigestMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Malformed(String),
+}
+
+impl RegistryError {
+    /// True when the registry was not reachable (the kubelet's `RegistryUnavailable`).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, RegistryError::Unreachable { .. })
+            || matches!(self, RegistryError::Status { status, .. } if *status >= 500)
+    }
+}
+
+/// Registry connection settings.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryConfig {
+    /// containerd's `certs.d` directory.
+    pub hosts_dir: Option<PathBuf>,
+    /// Registries spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    pub timeout: Duration,
+    pub max_manifest_size: usize,
+}
+
+/// A registry client; cheap to share.
+pub struct Registry {
+    http: reqwest::Client,
+    cfg: RegistryConfig,
+    /// (registry, scope, credential fingerprint) -> (token, expiry)
+    tokens: Mutex<HashMap<(String, String, [u8; 32]), (String, Instant)>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// A fetched manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub digest: String,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
+impl Registry {
+    pub fn new(cfg: RegistryConfig) -> Result<Registry, RegistryError> {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("cri-guard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RegistryError::Malformed(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Registry {
+            http,
+            cfg,
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Base URL (scheme://host[:port]) to reach `registry` at.
+    pub fn endpoint(&self, registry: &str) -> String {
+        if let Some(dir) = &self.cfg.hosts_dir {
+            if let Some(url) = hosts_toml_endpoint(dir, registry) {
+                return url;
+            }
+        }
+        let host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let scheme = if self.cfg.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}")
+    }
+
+    /// The digest `image` points to now (HEAD on the manifest; GET if the registry omits the
+    /// digest header). A digest reference resolves to itself without a request.
+    pub async fn resolve(&self, image: &Reference, auth: &Auth) -> Result<String, RegistryError> {
+        if let Some(d) = image.digest() {
+            return Ok(d.to_string());
+        }
+        let tag = image.tag().unwrap_or("latest");
+        let url = format!(
+            "{}/v2/{}/manifests/{tag}",
+            self.endpoint(image.registry()),
+            image.repository()
+        );
+        let resp = self.send(reqwest::Method::HEAD, &url, image, auth).await?;
+        if let Some(d) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if valid_digest(d) {
+                return Ok(d.to_string());
+            }
+        }
+        let m = self
+            .manifest_at(image, tag, auth)
+            .await?
+            .ok_or(RegistryError::Status { url, status: 404 })?;
+        Ok(m.digest)
+    }
+
+    /// The manifest of `repo` at `reference` (tag or digest); `None` if there is none.
+    pub async fn manifest_at(
+        &self,
+        repo: &Reference,
+        reference: &str,
+        auth: &Auth,
+    ) -> Result<Option<Manifest>, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.endpoint(repo.registry()),
+            repo.repository()
+        );
+        let resp = match self.send(reqwest::Method::GET, &url, repo, auth).await {
+            Ok(r) => r,
+            Err(RegistryError::Status { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let media_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = read_limited(resp, &url, self.cfg.max_manifest_size).await?;
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        if valid_digest(reference) && reference != digest {
+            return Err(RegistryError::DigestMismatch {
+                url,
+                expected: reference.to_string(),
+                actual: digest,
+            });
+        }
+        Ok(Some(Manifest {
+            digest,
+            media_type,
+            body,
+        }))
+    }
+
+    /// The blob `digest` of `repo`, at most `limit` bytes, checked against its digest.
+    pub async fn blob(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        limit: usize,
+        auth: &Auth,
+    ) -> Result<Bytes, RegistryError> {
+        if !valid_digest(digest) {
+            return Err(RegistryError::Malformed(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let url = format!(
+            "{}/v2/{}/blobs/{digest}",
+            self.endpoint(repo.registry()),
+            repo.repository()
+        );
+        let resp = self.send(reqwest::Method::GET, &url, repo, auth).await?;
+        let body = read_limited(resp, &url, limit).await?;
+        let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                url,
+                expected: digest.into(),
+                actual,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Sends one request, answering a bearer-token challenge once.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        repo: &Reference,
+        auth: &Auth,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let scope = format!("repository:{}:pull", repo.repository());
+        let key = (
+            repo.registry().to_string(),
+            scope.clone(),
+            auth.fingerprint(),
+        );
+        let cached = {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .get(&key)
+                .filter(|(_, exp)| *exp > Instant::now())
+                .map(|(t, _)| t.clone())
+        };
+        let first = self
+            .request(method.clone(), url, cached.as_deref(), auth)
+            .await?;
+        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return check_status(first, url);
+        }
+        let challenge = first
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer_challenge);
+        let Some((realm, service)) = challenge else {
+            return Err(RegistryError::Unauthorized { url: url.into() });
+        };
+        let (token, ttl) = self
+            .fetch_token(&realm, service.as_deref(), &scope, auth)
+            .await?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (token.clone(), Instant::now() + ttl));
+        let second = self.request(method, url, Some(&token), auth).await?;
+        if second.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(RegistryError::Unauthorized { url: url.into() });
+        }
+        check_status(second, url)
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        auth: &Auth,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header("accept", MANIFEST_TYPES);
+        req = match (token, auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, Auth::Basic { username, password }) => req.basic_auth(username, Some(password)),
+            (None, Auth::Bearer(t)) => req.bearer_auth(t),
+            (None, Auth::Anonymous) => req,
+        };
+        req.send().await.map_err(|e| unreachable(url, &e))
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        auth: &Auth,
+    ) -> Result<(String, Duration), RegistryError> {
+        let mut req = self.http.get(realm).query(&[("scope", scope)]);
+        if let Some(s) = service {
+            req = req.query(&[("service", s)]);
+        }
+        if let Auth::Basic { username, password } = auth {
+            req = req.basic_auth(username, Some(password));
+        }
+        let resp = req.send().await.map_err(|e| unreachable(realm, &e))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            || resp.status() == reqwest::StatusCode::FORBIDDEN
+        {
+            return Err(RegistryError::Unauthorized { url: realm.into() });
+        }
+        let resp = check_status(resp, realm)?;
+        let body = read_limited(resp, realm, 1 << 20).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            RegistryError::Malformed(format!("token response from {realm} is not JSON: {e}"))
+        })?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| {
+                RegistryError::Malformed(format!("token response from {realm} has no token"))
+            })?;
+        let ttl = v
+            .get("expires_in")
+            .and_then(|e| e.as_u64())
+            .unwrap_or(60)
+            .clamp(10, 3600);
+        // Refresh a little early.
+        Ok((token.to_string(), Duration::from_secs(ttl - ttl / 10)))
+    }
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> RegistryError {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        reason = format!("{reason}: {s}");
+        src = s.source();
+    }
+    RegistryError::Unreachable {
+        url: url.into(),
+        reason,
+    }
+}
+
+fn check_status(resp: reqwest::Response, url: &str) -> Result<reqwest::Response, RegistryError> {
+    let status = resp.status();
+    if status.is_success() {
+        Ok(resp)
+    } else if status == reqwest::StatusCode::UNAUTHORIZED
+        || status == reqwest::StatusCode::FORBIDDEN
+    {
+        Err(RegistryError::Unauthorized { url: url.into() })
+    } else {
+        Err(RegistryError::Status {
+            url: url.into(),
+            status: status.as_u16(),
+        })
+    }
+}
+
+/// Reads a body, refusing more than `limit` bytes (whatever Content-Length claims).
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Bytes, RegistryError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(RegistryError::TooLarge {
+            url: url.into(),
+            limit,
+        });
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(url, &e))? {
+        if buf.len() + chunk.len() > limit {
+            return Err(RegistryError::TooLarge {
+                url: url.into(),
+                limit,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `Bearer realm="..",service="..",scope=".."` -> (realm, service).
+fn parse_bearer_challenge(h: &str) -> Option<(String, Option<String>)> {
+    let rest = h
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| h.trim().strip_prefix("bearer "))?;
+    let mut realm = None;
+    let mut service = None;
+    for part in split_params(rest) {
+        let (k, v) = part.split_once('=')?;
+        let v = v.trim().trim_matches('"').to_string();
+        match k.trim() {
+            "realm" => realm = Some(v),
+            "service" => service = Some(v),
+            _ => {}
+        }
+    }
+    realm
+        .filter(|r| r.starts_with("http://") || r.starts_with("https://"))
+        .map(|r| (r, service))
+}
+
+/// Splits `a="x,y",b=z` on commas outside quotes.
+fn split_params(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// The endpoint containerd would pull `registry` from, per `DIR/<registry>/hosts.toml`: the first
+/// `[host."URL"]` with the pull capability, else `server`.
+fn hosts_toml_endpoint(dir: &Path, registry: &str) -> Option<String> {
+    if registry.contains('/') || registry.contains("..") {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(registry).join("hosts.toml")).ok()?;
+    let t: toml::Table = text.parse().ok()?;
+    if let Some(hosts) = t.get("host").and_then(|h| h.as_table()) {
+        for (url, h) in hosts {
+            let pulls = h
+                .get("capabilities")
+                .and_then(|c| c.as_array())
+                .is_none_or(|caps| caps.iter().any(|c| c.as_str() == Some("pull")));
+            if pulls {
+                return Some(
+                    url.trim_end_matches('/')
+                        .trim_end_matches("/v2")
+                        .to_string(),
+                );
+            }
+        }
+    }
+    t.get("server")
+        .and_then(|s| s.as_str())
+        .map(|s| s.trim_end_matches('/').trim_end_matches("/v2").to_string())
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bearer challenges parse with quoted commas; Basic challenges don't.
+    #[test]
+    fn challenges() {
+        let (realm, service) = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a,b:pull""#,
+        )
+        .unwrap();
+        assert_eq!(realm, "https://auth.example.com/token");
+        assert_eq!(service.as_deref(), Some("registry.example.com"));
+        assert!(parse_bearer_challenge(r#"Basic realm="Registry Realm""#).is_none());
+        assert!(parse_bearer_challenge(r#"Bearer realm="file:///etc/passwd""#).is_none());
+    }
+
+    /// hosts.toml: a pull-capable host wins over `server`; no file means no override.
+    #[test]
+    fn hosts_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("r.local:5000")).unwrap();
+        std::fs::write(
+            dir.path().join("r.local:5000/hosts.toml"),
+            "server = \"https://r.local:5000\"\n[host.\"http://mirror:5000\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            hosts_toml_endpoint(dir.path(), "r.local:5000").unwrap(),
+            "http://mirror:5000"
+        );
+        assert!(hosts_toml_endpoint(dir.path(), "other").is_none());
+        assert!(hosts_toml_endpoint(dir.path(), "../etc").is_none());
+    }
+
+    /// CRI credentials map to Basic (fields or base64 `auth`) or Bearer; Debug never shows secrets.
+    #[test]
+    fn cri_auth_and_redaction() {
+        let a = crate::cri::AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("u:s3cret"),
+            ..Default::default()
+        };
+        let auth = Auth::from_cri(Some(&a));
+        assert_eq!(
+            auth,
+            Auth::Basic {
+                username: "u".into(),
+                password: "s3cret".into()
+            }
+        );
+        assert!(!format!("{auth:?}").contains("s3cret"));
+        let t = crate::cri::AuthConfig {
+            registry_token: "tok3n".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{:?}", Auth::from_cri(Some(&t))).contains("tok3n"));
+        assert_eq!(Auth::from_cri(None), Auth::Anonymous);
+    }
+
+    /// Only canonical sha256 digests are accepted.
+    #[test]
+    fn digests() {
+        assert!(valid_digest(&format!("sha256:{}", "a".repeat(64))));
+        assert!(!valid_digest(&format!("sha256:{}", "A".repeat(64))));
+        assert!(!valid_digest("sha256:abc"));
+        assert!(!valid_digest("md5:x"));
+    }
+}

@@ -1,0 +1,805 @@
+//! Key-based verification of one cosign signature layer (`sha256-<digest>.sig` manifests):
+//! signature over the exact payload bytes, optional offline Rekor bundle, then the payload's
+//! claims (type, digest, docker-reference).
+//!
+//! The signature math is sigstore's; this module adds the checks sigstore 0.15 lacks
+//! (design.md section 5), each pinned by a real cosign vector in `tests/vectors.rs`:
+//! - docker-reference matching ([`IdentityMatch`]); sigstore checks none, so a signature
+//!   copied from another repository verifies there;
+//! - the legacy Rekor bundle's entry body must be about this payload, signature and key, not
+//!   only carry a valid SET (`rekor.rs`); sigstore's SET check is also not public;
+//! - a layer that is not `application/vnd.dev.cosign.simplesigning.v1+json` is one failed
+//!   layer here, where sigstore's Client fails the whole fetch and hides valid signatures
+//!   next to it (the caller verifies layer by layer);
+//! - verification without a registry: sigstore's verified `SignatureLayer` can only be built
+//!   inside the crate;
+//! - operator-facing key errors (`keys.rs`).
+//!
+//! Order of checks: media type, signature annotation, signature over the exact bytes, Rekor
+//! bundle (when required), and only then is the payload parsed (serde_json, never
+//! re-serialized): type, digest, identity.
+
+mod identity;
+mod keys;
+mod rekor;
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+pub use identity::IdentityMatch;
+pub use keys::{KeyError, PublicKey};
+pub use rekor::RekorKeys;
+
+/// Media type of a cosign simple-signing signature layer; other layers never count.
+pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Layer annotation holding the base64 signature over the layer blob.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// Layer annotation holding the legacy Rekor bundle (SET + entry).
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// The only payload type a container image signature may have.
+pub const COSIGN_SIGNATURE_TYPE: &str = "cosign container image signature";
+
+/// One layer of a cosign `.sig` manifest as fetched from the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigLayer {
+    /// The layer descriptor's `mediaType`.
+    pub media_type: String,
+    /// The exact blob bytes (the signed payload); never re-serialize them.
+    pub payload: Vec<u8>,
+    /// The layer descriptor's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the signature must be about.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The digest the image resolved to, `sha256:<hex>`; compared exactly.
+    pub digest: &'a str,
+    /// The image as requested, normalized (its tag, if any, is what [`IdentityMatch::Exact`]
+    /// compares).
+    pub reference: &'a oci_client::Reference,
+    /// How the signed docker-reference must relate to `reference`.
+    pub identity: &'a IdentityMatch,
+}
+
+/// A layer that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Name of the attestor key that verified it.
+    pub key: String,
+    /// Whether a Rekor bundle was checked (SET and entry binding).
+    pub tlog: bool,
+}
+
+/// Why a layer didn't verify. The message is short and says what to look at; text taken from
+/// the layer is truncated and escaped. Use [`Failure::specificity`] to pick the most relevant
+/// failure across many layers and keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The layer is some other attachment, not a signature.
+    #[error("layer media type {media_type} is not a cosign simple-signing signature")]
+    NotSimpleSigning {
+        /// The layer's media type.
+        media_type: String,
+    },
+    /// No (or an empty) signature annotation.
+    #[error("layer has no {SIGNATURE_ANNOTATION} annotation")]
+    NoSignature,
+    /// The signature annotation is not base64.
+    #[error("signature annotation is not valid base64")]
+    SignatureNotBase64,
+    /// The signature is not this key's signature over the payload bytes.
+    #[error("signature does not verify with key {key}")]
+    BadSignature {
+        /// The key tried.
+        key: String,
+    },
+    /// A transparency-log proof is required but the layer carries no bundle.
+    #[error("no Rekor bundle ({BUNDLE_ANNOTATION}), but the policy requires the transparency log")]
+    NoBundle,
+    /// The bundle annotation cannot be read.
+    #[error("Rekor bundle is malformed: {reason}")]
+    BundleMalformed {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The bundle is from a log whose key is not configured.
+    #[error("Rekor bundle is from log {log_id}, which is not a trusted Rekor log")]
+    UntrustedLog {
+        /// The bundle's logID.
+        log_id: String,
+    },
+    /// The SignedEntryTimestamp does not verify with the log's key.
+    #[error("Rekor bundle's signed entry timestamp does not verify with the key of log {log_id}")]
+    BadSet {
+        /// The bundle's logID.
+        log_id: String,
+    },
+    /// The Rekor entry is of a kind we don't check.
+    #[error(
+        "Rekor entry kind {kind} {version} is not supported (hashedrekord 0.0.1 or rekord 0.0.1 expected)"
+    )]
+    UnsupportedEntry {
+        /// Entry kind.
+        kind: String,
+        /// Entry apiVersion.
+        version: String,
+    },
+    /// A genuine Rekor entry, but about another payload, signature or key.
+    #[error("Rekor bundle (entry {log_index}) does not match this signature: different {what}")]
+    BundleMismatch {
+        /// `payload hash`, `signature` or `public key`.
+        what: &'static str,
+        /// The entry's log index.
+        log_index: i64,
+    },
+    /// A valid signature over something that is not a simple-signing payload.
+    #[error("signed payload is not a cosign simple-signing payload: {reason}")]
+    BadPayload {
+        /// The JSON error.
+        reason: String,
+    },
+    /// A valid signature over a payload of another type.
+    #[error("signed payload type {found:?} is not {COSIGN_SIGNATURE_TYPE:?}")]
+    WrongType {
+        /// The payload's `critical.type`.
+        found: String,
+    },
+    /// A valid signature for another digest.
+    #[error("signed digest {signed} is not the image digest {expected}")]
+    DigestMismatch {
+        /// The payload's `critical.image.docker-manifest-digest`.
+        signed: String,
+        /// The image's digest.
+        expected: String,
+    },
+    /// The payload's docker-reference cannot be parsed.
+    #[error("signed docker-reference {reference:?} is not a valid image reference")]
+    InvalidSignedReference {
+        /// The payload's docker-reference.
+        reference: String,
+    },
+    /// A valid signature for this digest, made for another image name (or tag).
+    #[error("signed for {signed}, not {image}")]
+    IdentityMismatch {
+        /// The signed name (with tag or digest where it matters).
+        signed: String,
+        /// The image name as compared (with tag where it matters).
+        image: String,
+    },
+}
+
+impl Failure {
+    /// How close the layer came to verifying; the higher, the more worth reporting. A valid
+    /// signature for the wrong digest or name (5, 6) says more than a Rekor problem (3), which
+    /// says more than "does not verify with key X" (2) or a layer that isn't a signature (0).
+    pub fn specificity(&self) -> u8 {
+        match self {
+            Failure::NotSimpleSigning { .. } => 0,
+            Failure::NoSignature | Failure::SignatureNotBase64 => 1,
+            Failure::BadSignature { .. } => 2,
+            Failure::NoBundle
+            | Failure::BundleMalformed { .. }
+            | Failure::UntrustedLog { .. }
+            | Failure::BadSet { .. }
+            | Failure::UnsupportedEntry { .. }
+            | Failure::BundleMismatch { .. } => 3,
+            Failure::BadPayload { .. }
+            | Failure::WrongType { .. }
+            | Failure::InvalidSignedReference { .. } => 4,
+            Failure::DigestMismatch { .. } => 5,
+            Failure::IdentityMismatch { .. } => 6,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SimpleSigning {
+    critical: Critical,
+    #[serde(default)]
+    #[allow(dead_code)] // parsed so that its JSON is checked; its content is never trusted
+    optional: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    identity: Identity,
+    image: Image,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(rename = "docker-reference")]
+    docker_reference: String,
+}
+
+#[derive(Deserialize)]
+struct Image {
+    #[serde(rename = "docker-manifest-digest")]
+    docker_manifest_digest: String,
+}
+
+/// Verify one signature layer with one key. With `rekor: Some`, a legacy bundle must be
+/// present and valid: SET signature by a Rekor key whose logID matches, and the Rekor entry
+/// body (hashedrekord 0.0.1, or rekord 0.0.1 with an x509 key) must name this payload's
+/// sha256, this signature and this public key. With `None` the bundle is ignored.
+pub fn verify_layer(
+    layer: &SigLayer,
+    key: &PublicKey,
+    expected: &Expected<'_>,
+    rekor: Option<&RekorKeys>,
+) -> Result<Verified, Failure> {
+    if layer.media_type != SIMPLE_SIGNING_MEDIA_TYPE {
+        return Err(Failure::NotSimpleSigning {
+            media_type: shown(&layer.media_type),
+        });
+    }
+    let signature = layer
+        .annotations
+        .get(SIGNATURE_ANNOTATION)
+        .filter(|s| !s.is_empty())
+        .ok_or(Failure::NoSignature)?;
+    let signature = decode_base64(signature).ok_or(Failure::SignatureNotBase64)?;
+    if !key.verifies(&signature, &layer.payload) {
+        return Err(Failure::BadSignature {
+            key: key.name().to_owned(),
+        });
+    }
+
+    let tlog = match rekor {
+        None => false,
+        Some(rekor) => {
+            let bundle = layer
+                .annotations
+                .get(BUNDLE_ANNOTATION)
+                .ok_or(Failure::NoBundle)?;
+            rekor::check_bundle(bundle, &layer.payload, &signature, key, rekor)?;
+            true
+        }
+    };
+
+    let payload: SimpleSigning =
+        serde_json::from_slice(&layer.payload).map_err(|e| Failure::BadPayload {
+            reason: shown(&e.to_string()),
+        })?;
+    let critical = payload.critical;
+    if critical.kind != COSIGN_SIGNATURE_TYPE {
+        return Err(Failure::WrongType {
+            found: shown(&critical.kind),
+        });
+    }
+    if critical.image.docker_manifest_digest != expected.digest {
+        return Err(Failure::DigestMismatch {
+            signed: shown(&critical.image.docker_manifest_digest),
+            expected: shown(expected.digest),
+        });
+    }
+    identity::check(&critical.identity.docker_reference, expected)?;
+    Ok(Verified {
+        key: key.name().to_owned(),
+        tlog,
+    })
+}
+
+/// Standard base64 as Go's decoder reads it: `\n` and `\r` are skipped (containers/image
+/// wraps signatures at 76 columns), anything else must be strict, padded base64.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    match engine.decode(s.as_bytes()) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let cleaned: Vec<u8> = s.bytes().filter(|b| *b != b'\n' && *b != b'\r').collect();
+            engine.decode(cleaned).ok()
+        }
+    }
+}
+
+/// Text from a layer, made safe for a log line or a kubelet event: at most 128 characters,
+/// anything but printable ASCII escaped.
+fn shown(s: &str) -> String {
+    const MAX: usize = 128;
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            out.extend(c.escape_default());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys::tests::signer;
+    use super::rekor::tests::{FakeLog, hashedrekord};
+    use super::*;
+    use oci_client::Reference;
+    use sigstore::crypto::{SigStoreSigner, SigningScheme};
+
+    const DIGEST: &str = "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00";
+    const REPO: &str = "registry.example.com/app";
+
+    /// A cosign-style compact payload.
+    fn payload(reference: &str, digest: &str) -> Vec<u8> {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"{reference}"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        )
+        .into_bytes()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    fn layer(payload: &[u8], sig: &[u8]) -> SigLayer {
+        SigLayer {
+            media_type: SIMPLE_SIGNING_MEDIA_TYPE.to_owned(),
+            payload: payload.to_vec(),
+            annotations: BTreeMap::from([(SIGNATURE_ANNOTATION.to_owned(), b64(sig))]),
+        }
+    }
+
+    struct Attestor {
+        signer: SigStoreSigner,
+        pem: String,
+        key: PublicKey,
+    }
+
+    impl Attestor {
+        fn new(name: &str, scheme: SigningScheme) -> Self {
+            let (signer, pem) = signer(scheme);
+            let key = PublicKey::from_pem(name, pem.as_bytes()).expect("load key");
+            Attestor { signer, pem, key }
+        }
+
+        fn signed(&self, payload: &[u8]) -> SigLayer {
+            layer(payload, &self.signer.sign(payload).unwrap())
+        }
+    }
+
+    fn verify(
+        layer: &SigLayer,
+        key: &PublicKey,
+        image: &str,
+        identity: IdentityMatch,
+        rekor: Option<&RekorKeys>,
+    ) -> Result<Verified, Failure> {
+        let reference: Reference = image.parse().unwrap();
+        verify_layer(
+            layer,
+            key,
+            &Expected {
+                digest: DIGEST,
+                reference: &reference,
+                identity: &identity,
+            },
+            rekor,
+        )
+    }
+
+    fn verify_default(layer: &SigLayer, key: &PublicKey) -> Result<Verified, Failure> {
+        verify(
+            layer,
+            key,
+            &format!("{REPO}:v1"),
+            IdentityMatch::Repository,
+            None,
+        )
+    }
+
+    /// A valid signature verifies for every supported key type (RSA: PKCS#1 v1.5, SHA-256).
+    #[test]
+    fn valid_signatures_verify() {
+        for scheme in [
+            SigningScheme::ECDSA_P256_SHA256_ASN1,
+            SigningScheme::ECDSA_P384_SHA384_ASN1,
+            SigningScheme::ECDSA_P521_SHA512_ASN1,
+            SigningScheme::ED25519,
+            SigningScheme::RSA_PKCS1_SHA256(2048),
+        ] {
+            let a = Attestor::new("release", scheme);
+            let v = verify_default(&a.signed(&payload(REPO, DIGEST)), &a.key)
+                .unwrap_or_else(|e| panic!("{scheme}: {e}"));
+            assert_eq!(
+                v,
+                Verified {
+                    key: "release".into(),
+                    tlog: false
+                }
+            );
+        }
+    }
+
+    /// RSA-PSS signatures are not what cosign makes for RSA keys, and do not verify.
+    #[test]
+    fn rsa_pss_is_not_accepted() {
+        let (signer, pem) = signer(SigningScheme::RSA_PSS_SHA256(2048));
+        let key = PublicKey::from_pem("rsa", pem.as_bytes()).unwrap();
+        let p = payload(REPO, DIGEST);
+        let err = verify_default(&layer(&p, &signer.sign(&p).unwrap()), &key).unwrap_err();
+        assert!(matches!(err, Failure::BadSignature { .. }), "{err}");
+    }
+
+    /// Another key's signature is reported as not verifying with this key, by name.
+    #[test]
+    fn wrong_key() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let b = Attestor::new("release-key", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let err = verify_default(&a.signed(&payload(REPO, DIGEST)), &b.key).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signature does not verify with key release-key"
+        );
+    }
+
+    /// The signature covers the exact bytes: a re-serialized payload (same JSON) fails.
+    #[test]
+    fn exact_bytes() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let mut l = a.signed(&payload(REPO, DIGEST));
+        let v: serde_json::Value = serde_json::from_slice(&l.payload).unwrap();
+        l.payload = serde_json::to_vec_pretty(&v).unwrap();
+        assert!(matches!(
+            verify_default(&l, &a.key),
+            Err(Failure::BadSignature { .. })
+        ));
+    }
+
+    /// Layers of other media types never count, even with a valid signature annotation.
+    #[test]
+    fn other_media_type() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let mut l = a.signed(&payload(REPO, DIGEST));
+        l.media_type = "text/plain".into();
+        let err = verify_default(&l, &a.key).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "layer media type text/plain is not a cosign simple-signing signature"
+        );
+    }
+
+    /// Missing, empty and non-base64 signature annotations; wrapped base64 is accepted.
+    #[test]
+    fn signature_annotation_forms() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let good = a.signed(&payload(REPO, DIGEST));
+        let mut l = good.clone();
+        l.annotations.clear();
+        assert_eq!(verify_default(&l, &a.key), Err(Failure::NoSignature));
+        l.annotations
+            .insert(SIGNATURE_ANNOTATION.into(), String::new());
+        assert_eq!(verify_default(&l, &a.key), Err(Failure::NoSignature));
+        l.annotations
+            .insert(SIGNATURE_ANNOTATION.into(), "not base64!".into());
+        assert_eq!(verify_default(&l, &a.key), Err(Failure::SignatureNotBase64));
+        let sig = &good.annotations[SIGNATURE_ANNOTATION];
+        let (head, tail) = sig.split_at(20);
+        l.annotations
+            .insert(SIGNATURE_ANNOTATION.into(), format!("{head}\n{tail}\r\n"));
+        assert!(verify_default(&l, &a.key).is_ok());
+    }
+
+    /// A valid signature for another digest is reported with both digests.
+    #[test]
+    fn digest_mismatch() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let other = format!("sha256:{}", "ab".repeat(32));
+        let err = verify_default(&a.signed(&payload(REPO, &other)), &a.key).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("signed digest {other} is not the image digest {DIGEST}")
+        );
+        assert_eq!(err.specificity(), 5);
+    }
+
+    /// A valid signature for another repository (the copied-signature attack) is refused.
+    #[test]
+    fn copied_from_other_repository() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let l = a.signed(&payload("registry.example.com/other", DIGEST));
+        let err = verify_default(&l, &a.key).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "signed for registry.example.com/other, not registry.example.com/app"
+        );
+        // ... unless the policy says any name will do.
+        assert!(verify(&l, &a.key, REPO, IdentityMatch::Any, None).is_ok());
+    }
+
+    /// Exact and RemapPrefix are applied to the payload's docker-reference.
+    #[test]
+    fn identity_modes_through_verify_layer() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let tagged = a.signed(&payload(&format!("{REPO}:v1"), DIGEST));
+        assert!(
+            verify(
+                &tagged,
+                &a.key,
+                &format!("{REPO}:v1"),
+                IdentityMatch::Exact,
+                None
+            )
+            .is_ok()
+        );
+        assert!(
+            verify(
+                &tagged,
+                &a.key,
+                &format!("{REPO}:v2"),
+                IdentityMatch::Exact,
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            verify(
+                &tagged,
+                &a.key,
+                &format!("{REPO}:v2"),
+                IdentityMatch::Repository,
+                None
+            )
+            .is_ok()
+        );
+        let mirror = IdentityMatch::RemapPrefix {
+            prefix: "mirror.local".into(),
+            signed_prefix: "registry.example.com".into(),
+        };
+        assert!(verify(&tagged, &a.key, "mirror.local/app:v1", mirror.clone(), None).is_ok());
+        assert!(
+            verify(
+                &tagged,
+                &a.key,
+                "mirror.local/app:v1",
+                IdentityMatch::Exact,
+                None
+            )
+            .is_err()
+        );
+    }
+
+    /// Payloads of the wrong type or shape are refused after the signature verified.
+    #[test]
+    fn payload_shape() {
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let wrong_type = String::from_utf8(payload(REPO, DIGEST))
+            .unwrap()
+            .replace("cosign container image signature", "something else");
+        let err = verify_default(&a.signed(wrong_type.as_bytes()), &a.key).unwrap_err();
+        assert!(matches!(err, Failure::WrongType { .. }), "{err}");
+        let deep = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"{REPO}"}},"image":{{"docker-manifest-digest":"{DIGEST}"}},"type":"cosign container image signature"}},"optional":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        // Deep nesting in the ignored `optional` is skipped without recursion: fine.
+        assert!(verify_default(&a.signed(deep.as_bytes()), &a.key).is_ok());
+        let deep_critical = format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":{}"#,
+            "[".repeat(10_000)
+        );
+        for bad in [
+            &b""[..],
+            b"null",
+            b"\xff\xfe",
+            b"[]",
+            br#"{"critical":{"identity":{"docker-reference":5},"image":{"docker-manifest-digest":"x"},"type":"t"}}"#,
+            br#"{"critical":{"identity":{"docker-reference":"a"},"image":{"docker-manifest-digest":1e999999},"type":"t"}}"#,
+            br#"{"critical":{"type":"a","type":"b","identity":{"docker-reference":"a"},"image":{"docker-manifest-digest":"x"}}}"#,
+            deep_critical.as_bytes(),
+        ] {
+            let err = verify_default(&a.signed(bad), &a.key).unwrap_err();
+            assert!(matches!(err, Failure::BadPayload { .. }), "{err}");
+            assert!(err.to_string().len() < 300, "message too long: {err}");
+        }
+    }
+
+    /// A genuine bundle for this exact signature verifies and is reported as tlog.
+    #[test]
+    fn rekor_bundle_valid() {
+        let log = FakeLog::new();
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let p = payload(REPO, DIGEST);
+        let sig = a.signer.sign(&p).unwrap();
+        let mut l = layer(&p, &sig);
+        l.annotations
+            .insert(BUNDLE_ANNOTATION.into(), log.bundle(&p, &sig, &a.pem));
+        let v = verify(
+            &l,
+            &a.key,
+            REPO,
+            IdentityMatch::Repository,
+            Some(&log.keys()),
+        )
+        .unwrap();
+        assert!(v.tlog);
+        // Without Rekor keys the bundle is ignored.
+        assert!(!verify_default(&l, &a.key).unwrap().tlog);
+    }
+
+    /// A required bundle must exist, come from a trusted log, carry a valid SET and be about
+    /// this payload, signature and key.
+    #[test]
+    fn rekor_bundle_failures() {
+        let log = FakeLog::new();
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let other = Attestor::new("other", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let p = payload(REPO, DIGEST);
+        let sig = a.signer.sign(&p).unwrap();
+        let keys = log.keys();
+        let run = |bundle: Option<String>| {
+            let mut l = layer(&p, &sig);
+            if let Some(b) = bundle {
+                l.annotations.insert(BUNDLE_ANNOTATION.into(), b);
+            }
+            verify(&l, &a.key, REPO, IdentityMatch::Repository, Some(&keys)).unwrap_err()
+        };
+        assert_eq!(run(None), Failure::NoBundle);
+
+        // Another entry's genuine bundle (other payload, other signature, other key).
+        let p2 = payload("registry.example.com/x", DIGEST);
+        let sig2 = other.signer.sign(&p2).unwrap();
+        let err = run(Some(log.bundle(&p2, &sig2, &other.pem)));
+        assert_eq!(
+            err,
+            Failure::BundleMismatch {
+                what: "payload hash",
+                log_index: 42
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "Rekor bundle (entry 42) does not match this signature: different payload hash"
+        );
+        // Same payload, other signature.
+        let sig3 = a.signer.sign(&p).unwrap();
+        assert_ne!(sig3, sig, "ECDSA signatures are randomized");
+        let err = run(Some(log.bundle(&p, &sig3, &a.pem)));
+        assert!(
+            matches!(
+                err,
+                Failure::BundleMismatch {
+                    what: "signature",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Right payload and signature, but the entry names another key.
+        let err = run(Some(log.bundle(&p, &sig, &other.pem)));
+        assert!(
+            matches!(
+                err,
+                Failure::BundleMismatch {
+                    what: "public key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The entry holds a certificate instead of the key.
+        let cert = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let err = run(Some(log.bundle(&p, &sig, cert)));
+        assert!(
+            matches!(
+                err,
+                Failure::BundleMismatch {
+                    what: "public key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // Untrusted log.
+        let stranger = FakeLog::new();
+        let err = run(Some(stranger.bundle(&p, &sig, &a.pem)));
+        assert!(matches!(err, Failure::UntrustedLog { .. }), "{err}");
+
+        // SET no longer covers the payload once integratedTime is changed.
+        let good = log.bundle(&p, &sig, &a.pem);
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["Payload"]["integratedTime"] = 1.into();
+        let err = run(Some(v.to_string()));
+        assert!(matches!(err, Failure::BadSet { .. }), "{err}");
+        // Nor once the body is swapped for another entry's body.
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["Payload"]["body"] =
+            b64(hashedrekord(&p2, &sig2, &other.pem).to_string().as_bytes()).into();
+        let err = run(Some(v.to_string()));
+        assert!(matches!(err, Failure::BadSet { .. }), "{err}");
+    }
+
+    /// Ranking picks the near miss over "does not verify" and "not a signature".
+    #[test]
+    fn specificity_ranking() {
+        let failures = [
+            Failure::NotSimpleSigning {
+                media_type: "text/plain".into(),
+            },
+            Failure::BadSignature { key: "k".into() },
+            Failure::IdentityMismatch {
+                signed: "a".into(),
+                image: "b".into(),
+            },
+            Failure::NoBundle,
+        ];
+        let best = failures.iter().max_by_key(|f| f.specificity()).unwrap();
+        assert!(matches!(best, Failure::IdentityMismatch { .. }));
+        assert!(
+            Failure::NoBundle.specificity()
+                > Failure::BadSignature { key: "k".into() }.specificity()
+        );
+    }
+
+    /// Text from the layer is truncated and escaped in messages.
+    #[test]
+    fn messages_are_sanitized() {
+        let mut l = layer(b"{}", b"sig");
+        l.media_type = format!("evil\n\u{202e}{}", "x".repeat(500));
+        let err = verify_default(&l, &Attestor::new("a", SigningScheme::ED25519).key).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n') && !msg.contains('\u{202e}'), "{msg}");
+        assert!(msg.len() < 250, "{msg}");
+    }
+
+    /// Arbitrary bytes in every field never panic (a small deterministic fuzz).
+    #[test]
+    fn no_panic_on_noise() {
+        let log = FakeLog::new();
+        let a = Attestor::new("a", SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let p = payload(REPO, DIGEST);
+        let sig = a.signer.sign(&p).unwrap();
+        let bundle = log.bundle(&p, &sig, &a.pem);
+        for _ in 0..300 {
+            let mut noisy = |s: &[u8]| {
+                let mut v = s.to_vec();
+                let n = (next() % 4) as usize;
+                for _ in 0..n {
+                    if v.is_empty() {
+                        break;
+                    }
+                    let i = (next() as usize) % v.len();
+                    v[i] = next() as u8;
+                }
+                if next() % 5 == 0 {
+                    let cut = (next() as usize) % (v.len() + 1);
+                    v.truncate(cut);
+                }
+                v
+            };
+            let mut l = SigLayer {
+                media_type: SIMPLE_SIGNING_MEDIA_TYPE.into(),
+                payload: noisy(&p),
+                annotations: BTreeMap::new(),
+            };
+            l.annotations.insert(
+                SIGNATURE_ANNOTATION.into(),
+                String::from_utf8_lossy(&noisy(b64(&sig).as_bytes())).into_owned(),
+            );
+            l.annotations.insert(
+                BUNDLE_ANNOTATION.into(),
+                String::from_utf8_lossy(&noisy(bundle.as_bytes())).into_owned(),
+            );
+            let _ = verify(&l, &a.key, REPO, IdentityMatch::Exact, Some(&log.keys()));
+            let _ = PublicKey::from_pem("n", &noisy(a.pem.as_bytes()));
+        }
+    }
+}

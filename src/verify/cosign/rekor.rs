@@ -1,0 +1,427 @@
+//! Offline check of the legacy Rekor bundle annotation (`dev.sigstore.cosign/bundle`).
+//!
+//! A bundle is `{"SignedEntryTimestamp", "Payload": {"body", "integratedTime", "logIndex",
+//! "logID"}}`. Two things must hold, and sigstore 0.15 checks only the first (and keeps even
+//! that `pub(crate)`: `Bundle::new_verified`):
+//! 1. the SignedEntryTimestamp (SET) is the signature, by the Rekor key whose logID
+//!    (hex sha256 of its DER SubjectPublicKeyInfo) is `Payload.logID`, over the canonical JSON
+//!    of `Payload` (RFC 8785: keys sorted, no whitespace);
+//! 2. the entry body is about *this* signature: a `hashedrekord` 0.0.1 (or `rekord` 0.0.1
+//!    with an x509 key) whose data hash is sha256 of this payload, whose signature is this
+//!    signature, and whose public key is this key. Without 2, any genuine bundle copied from
+//!    another entry passes (vector NEG-bundle-from-other-entry).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use super::keys::{KeyError, PublicKey, parse_pem_keys, pem_blocks};
+use super::{Failure, decode_base64, shown};
+
+/// Rekor public keys for checking legacy `dev.sigstore.cosign/bundle` annotations offline,
+/// indexed by logID = hex(sha256(DER SubjectPublicKeyInfo)).
+#[derive(Debug, Clone, Default)]
+pub struct RekorKeys {
+    by_log_id: BTreeMap<String, PublicKey>,
+}
+
+impl RekorKeys {
+    /// Loads Rekor keys from PEM texts; a PEM may hold several `PUBLIC KEY` blocks (e.g. the
+    /// keys of several log shards). Messages call them `Rekor key`, `Rekor key #2`, ...; use
+    /// [`RekorKeys::from_named_pems`] to name them. An empty set is allowed: every bundle then
+    /// fails as "not a trusted log", which is fail-closed.
+    pub fn from_pems<P: AsRef<[u8]>>(
+        pems: impl IntoIterator<Item = P>,
+    ) -> Result<RekorKeys, KeyError> {
+        let mut keys = RekorKeys::default();
+        for (i, pem) in pems.into_iter().enumerate() {
+            let name = match i {
+                0 => "Rekor key".to_owned(),
+                _ => format!("Rekor key #{}", i + 1),
+            };
+            keys.add(&name, pem.as_ref())?;
+        }
+        Ok(keys)
+    }
+
+    /// Like [`RekorKeys::from_pems`], with the operator's name for each PEM.
+    pub fn from_named_pems<'a>(
+        pems: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<RekorKeys, KeyError> {
+        let mut keys = RekorKeys::default();
+        for (name, pem) in pems {
+            keys.add(name, pem)?;
+        }
+        Ok(keys)
+    }
+
+    fn add(&mut self, name: &str, pem: &[u8]) -> Result<(), KeyError> {
+        for key in parse_pem_keys(name, pem)? {
+            self.by_log_id
+                .insert(hex(&Sha256::digest(key.spki_der())), key);
+        }
+        Ok(())
+    }
+
+    /// The logIDs (lowercase hex) of the loaded keys.
+    pub fn log_ids(&self) -> impl Iterator<Item = &str> {
+        self.by_log_id.keys().map(String::as_str)
+    }
+
+    /// How many keys are loaded.
+    pub fn len(&self) -> usize {
+        self.by_log_id.len()
+    }
+
+    /// Whether no key is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.by_log_id.is_empty()
+    }
+}
+
+#[derive(Deserialize)]
+struct Bundle {
+    #[serde(rename = "SignedEntryTimestamp")]
+    set: String,
+    #[serde(rename = "Payload")]
+    payload: BundlePayload,
+}
+
+#[derive(Deserialize)]
+struct BundlePayload {
+    body: String,
+    #[serde(rename = "integratedTime")]
+    integrated_time: i64,
+    #[serde(rename = "logIndex")]
+    log_index: i64,
+    #[serde(rename = "logID")]
+    log_id: String,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    data: Data,
+    signature: SignatureSpec,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    hash: Option<Hash>,
+}
+
+#[derive(Deserialize)]
+struct Hash {
+    algorithm: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct SignatureSpec {
+    content: String,
+    format: Option<String>,
+    #[serde(rename = "publicKey")]
+    public_key: KeySpec,
+}
+
+#[derive(Deserialize)]
+struct KeySpec {
+    content: String,
+}
+
+fn malformed(reason: impl Into<String>) -> Failure {
+    Failure::BundleMalformed {
+        reason: reason.into(),
+    }
+}
+
+/// The bytes the SET signs: canonical JSON (RFC 8785) of the bundle payload. Built by hand:
+/// four fixed keys in sorted order, serde_json's string escaping (the same as RFC 8785's for
+/// every string), and integers, which RFC 8785 prints the same way below 2^53.
+fn canonical_payload(p: &BundlePayload) -> Result<Vec<u8>, Failure> {
+    let string = |s: &str| serde_json::to_string(s).map_err(|e| malformed(e.to_string()));
+    Ok(format!(
+        "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
+        string(&p.body)?,
+        p.integrated_time,
+        string(&p.log_id)?,
+        p.log_index
+    )
+    .into_bytes())
+}
+
+/// Checks a bundle annotation against the payload, the raw signature and the key it verified
+/// with. Order: shape, trusted log, SET, entry kind, then the three bindings.
+pub(super) fn check_bundle(
+    raw: &str,
+    payload: &[u8],
+    signature: &[u8],
+    key: &PublicKey,
+    rekor: &RekorKeys,
+) -> Result<(), Failure> {
+    let bundle: Bundle = serde_json::from_str(raw)
+        .map_err(|e| malformed(format!("not a Rekor bundle: {}", shown(&e.to_string()))))?;
+    let p = &bundle.payload;
+    let log_key = rekor
+        .by_log_id
+        .get(&p.log_id)
+        .ok_or_else(|| Failure::UntrustedLog {
+            log_id: shown(&p.log_id),
+        })?;
+    let set = decode_base64(&bundle.set)
+        .ok_or_else(|| malformed("SignedEntryTimestamp is not base64"))?;
+    if !log_key.verifies(&set, &canonical_payload(p)?) {
+        return Err(Failure::BadSet {
+            log_id: shown(&p.log_id),
+        });
+    }
+
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(p.body.as_bytes())
+        .map_err(|_| malformed("entry body is not base64"))?;
+    let body: Body = serde_json::from_slice(&body).map_err(|e| {
+        malformed(format!(
+            "entry body is not a Rekor entry: {}",
+            shown(&e.to_string())
+        ))
+    })?;
+    let supported = match (body.kind.as_str(), body.api_version.as_str()) {
+        ("hashedrekord", "0.0.1") => true,
+        ("rekord", "0.0.1") => body.spec.signature.format.as_deref() == Some("x509"),
+        _ => false,
+    };
+    if !supported {
+        return Err(Failure::UnsupportedEntry {
+            kind: shown(&body.kind),
+            version: shown(&body.api_version),
+        });
+    }
+    let mismatch = |what: &'static str| Failure::BundleMismatch {
+        what,
+        log_index: p.log_index,
+    };
+
+    let payload_hash = hex(&Sha256::digest(payload));
+    match &body.spec.data.hash {
+        Some(h) if h.algorithm == "sha256" && h.value.eq_ignore_ascii_case(&payload_hash) => {}
+        _ => return Err(mismatch("payload hash")),
+    }
+    if decode_base64(&body.spec.signature.content).as_deref() != Some(signature) {
+        return Err(mismatch("signature"));
+    }
+    let entry_key = decode_base64(&body.spec.signature.public_key.content)
+        .ok_or_else(|| malformed("entry public key is not base64"))?;
+    let blocks = pem_blocks(&entry_key).map_err(|_| mismatch("public key"))?;
+    let same_key = match blocks.as_slice() {
+        [block] if block.label == "PUBLIC KEY" => block.decode().as_deref() == Some(key.spki_der()),
+        // A certificate (keyless entry) or anything else: not this key.
+        _ => false,
+    };
+    if !same_key {
+        return Err(mismatch("public key"));
+    }
+    Ok(())
+}
+
+/// Lowercase hex.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::verify::cosign::keys::tests::signer;
+    use sigstore::crypto::SigningScheme;
+
+    /// A Rekor log made up for tests: signs bundles the way rekor.sigstore.dev does.
+    pub(crate) struct FakeLog {
+        signer: sigstore::crypto::SigStoreSigner,
+        pub pem: String,
+    }
+
+    impl FakeLog {
+        pub(crate) fn new() -> Self {
+            let (signer, pem) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1);
+            FakeLog { signer, pem }
+        }
+
+        pub(crate) fn keys(&self) -> RekorKeys {
+            RekorKeys::from_named_pems([("test-rekor", self.pem.as_bytes())]).unwrap()
+        }
+
+        pub(crate) fn log_id(&self) -> String {
+            self.keys().log_ids().next().unwrap().to_owned()
+        }
+
+        /// A bundle whose hashedrekord body names `payload`, `sig` and `key_pem`.
+        pub(crate) fn bundle(&self, payload: &[u8], sig: &[u8], key_pem: &str) -> String {
+            self.bundle_with_body(&hashedrekord(payload, sig, key_pem))
+        }
+
+        pub(crate) fn bundle_with_body(&self, body: &serde_json::Value) -> String {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let p = BundlePayload {
+                body: b64.encode(body.to_string()),
+                integrated_time: 1_700_000_000,
+                log_index: 42,
+                log_id: self.log_id(),
+            };
+            let set = self.signer.sign(&canonical_payload(&p).unwrap()).unwrap();
+            serde_json::json!({
+                "SignedEntryTimestamp": b64.encode(set),
+                "Payload": {
+                    "body": p.body,
+                    "integratedTime": p.integrated_time,
+                    "logIndex": p.log_index,
+                    "logID": p.log_id,
+                }
+            })
+            .to_string()
+        }
+    }
+
+    pub(crate) fn hashedrekord(payload: &[u8], sig: &[u8], key_pem: &str) -> serde_json::Value {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        serde_json::json!({
+            "apiVersion": "0.0.1",
+            "kind": "hashedrekord",
+            "spec": {
+                "data": {"hash": {"algorithm": "sha256", "value": hex(&Sha256::digest(payload))}},
+                "signature": {
+                    "content": b64.encode(sig),
+                    "publicKey": {"content": b64.encode(key_pem)}
+                }
+            }
+        })
+    }
+
+    /// The hand-built canonical form equals serde_json's sorted-map output for a payload
+    /// with characters that need escaping.
+    #[test]
+    fn canonical_form_matches_sorted_json() {
+        let p = BundlePayload {
+            body: "a\"b\\c\n\u{1}é".to_owned(),
+            integrated_time: -5,
+            log_index: 9_007_199_254_740_991,
+            log_id: "ab".to_owned(),
+        };
+        let mut map = serde_json::Map::new();
+        map.insert("logIndex".into(), p.log_index.into());
+        map.insert("body".into(), p.body.clone().into());
+        map.insert("logID".into(), p.log_id.clone().into());
+        map.insert("integratedTime".into(), p.integrated_time.into());
+        let mut sorted: Vec<_> = map.into_iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected = format!(
+            "{{{}}}",
+            sorted
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(canonical_payload(&p).unwrap(), expected.into_bytes());
+    }
+
+    /// A rekord 0.0.1 entry with an x509 key is accepted; other kinds are named.
+    #[test]
+    fn rekord_and_unsupported_kinds() {
+        let log = FakeLog::new();
+        let (signer, pem) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let key = PublicKey::from_pem("k", pem.as_bytes()).unwrap();
+        let payload = b"payload";
+        let sig = signer.sign(payload).unwrap();
+        let mut body = hashedrekord(payload, &sig, &pem);
+        body["kind"] = "rekord".into();
+        body["spec"]["signature"]["format"] = "x509".into();
+        let bundle = log.bundle_with_body(&body);
+        assert!(check_bundle(&bundle, payload, &sig, &key, &log.keys()).is_ok());
+
+        body["kind"] = "intoto".into();
+        let bundle = log.bundle_with_body(&body);
+        let err = check_bundle(&bundle, payload, &sig, &key, &log.keys()).unwrap_err();
+        assert!(matches!(err, Failure::UnsupportedEntry { .. }), "{err}");
+    }
+
+    /// Malformed bundles (bad JSON, bad base64, huge numbers, wrong types) are failures, not
+    /// panics.
+    #[test]
+    fn malformed_bundles() {
+        let log = FakeLog::new();
+        let (_, pem) = signer(SigningScheme::ECDSA_P256_SHA256_ASN1);
+        let key = PublicKey::from_pem("k", pem.as_bytes()).unwrap();
+        let id = log.log_id();
+        for raw in [
+            String::new(),
+            "null".to_owned(),
+            "{".to_owned(),
+            r#"{"SignedEntryTimestamp":1,"Payload":{}}"#.to_owned(),
+            format!(
+                r#"{{"SignedEntryTimestamp":"x","Payload":{{"body":"e30=","integratedTime":1e400,"logIndex":1,"logID":"{id}"}}}}"#
+            ),
+            format!(
+                r#"{{"SignedEntryTimestamp":"x","Payload":{{"body":"e30=","integratedTime":99999999999999999999999,"logIndex":1,"logID":"{id}"}}}}"#
+            ),
+            format!(
+                r#"{{"SignedEntryTimestamp":"!!","Payload":{{"body":"e30=","integratedTime":1,"logIndex":1,"logID":"{id}"}}}}"#
+            ),
+        ] {
+            let err = check_bundle(&raw, b"p", b"s", &key, &log.keys()).unwrap_err();
+            assert!(
+                matches!(err, Failure::BundleMalformed { .. }),
+                "{raw}: {err}"
+            );
+        }
+        // A valid SET over a body that is not JSON.
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let p = BundlePayload {
+            body: b64.encode("not json"),
+            integrated_time: 1,
+            log_index: 1,
+            log_id: id.clone(),
+        };
+        let set = log.signer.sign(&canonical_payload(&p).unwrap()).unwrap();
+        let raw = serde_json::json!({"SignedEntryTimestamp": b64.encode(set), "Payload": {
+            "body": p.body, "integratedTime": 1, "logIndex": 1, "logID": id}})
+        .to_string();
+        let err = check_bundle(&raw, b"p", b"s", &key, &log.keys()).unwrap_err();
+        assert!(matches!(err, Failure::BundleMalformed { .. }), "{err}");
+    }
+
+    /// logIDs are hex sha256 of the key's DER, and several keys per PEM are all loaded.
+    #[test]
+    fn log_ids() {
+        let a = FakeLog::new();
+        let b = FakeLog::new();
+        let both = format!("{}{}", a.pem, b.pem);
+        let keys = RekorKeys::from_named_pems([("shards", both.as_bytes())]).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.log_ids().any(|id| id == a.log_id()));
+        assert!(keys.log_ids().all(|id| id.len() == 64));
+        assert!(RekorKeys::from_pems::<&[u8]>([]).unwrap().is_empty());
+        // The unnamed form, as a config loader calls it.
+        let one = RekorKeys::from_pems([a.pem.as_bytes()]).unwrap();
+        assert_eq!(one.log_ids().collect::<Vec<_>>(), [a.log_id().as_str()]);
+        let err = RekorKeys::from_pems([&b"junk"[..]]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("key Rekor key: not a PEM"),
+            "{err}"
+        );
+    }
+}

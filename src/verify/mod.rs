@@ -1,0 +1,614 @@
+//! The decision: which images may reach the runtime.
+//!
+//! ```text
+//! PullImage(image, auth, namespace)
+//!   -> policy::Policy::matching(image, namespace)       rule (or default) and its mode
+//!   -> skip? allow.  default without attestors? deny (enforce) / allow and report (audit)
+//!   -> resolve tag -> digest (registry HEAD; cached briefly, never an allow key)
+//!   -> cache::Cache keyed (repository, digest, policy generation, rule)   hit: microseconds
+//!   -> miss: fetch REPO:sha256-<hex>.sig, fetch its signature layers, cosign::verify_layer per
+//!            attestor key; at least `count` distinct attestors must have signed (single flight)
+//!   -> allowed: forward the pull, then confirm the digest containerd actually stored (I1): a tag
+//!      that moved to an unverified digest during the pull gets the image removed and the pull denied
+//!   -> denied: `SignatureValidationFailed: <image>: <reason>` (or `RegistryUnavailable: ...`),
+//!      status Unknown, which the kubelet shows in the pod's events; nothing reaches the runtime
+//! ```
+//!
+//! [`Verifier::check_image`] is the same decision without a runtime (`cri-guard verify`).
+
+pub mod cache;
+pub mod cosign;
+pub mod policy;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use oci_client::Reference;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::cri;
+use crate::proxy::grpc::{Code, Status};
+use crate::proxy::intercept::{BoxFuture, Call, Guard, Verdict};
+use crate::registry::{Auth, Registry, RegistryConfig, RegistryError, valid_digest};
+use cache::{Cache, Key};
+use cosign::{Expected, SigLayer};
+use policy::{Matched, Mode, Policy, Rule, repository_of};
+
+/// Media type of cosign signature layers.
+pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// Most layers a signature manifest may have before we refuse to look at it.
+const MAX_SIGNATURE_LAYERS: usize = 64;
+
+/// The result of verifying one digest under one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Signed by these attestors (at least the rule's `count`).
+    Verified { attestors: Vec<String> },
+    /// Not verified, and why.
+    Denied(Denial),
+}
+
+/// Why an image is not verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The registry could not be reached (the kubelet's `RegistryUnavailable`).
+    pub unavailable: bool,
+    pub reason: String,
+}
+
+impl Denial {
+    fn new(reason: impl Into<String>) -> Denial {
+        Denial {
+            unavailable: false,
+            reason: reason.into(),
+        }
+    }
+
+    fn registry(e: &RegistryError, what: &str) -> Denial {
+        Denial {
+            unavailable: e.is_unavailable(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    /// The gRPC status the kubelet understands (design.md section 3).
+    pub fn status(&self, image: &str) -> Status {
+        let prefix = if self.unavailable {
+            "RegistryUnavailable"
+        } else {
+            "SignatureValidationFailed"
+        };
+        Status::new(Code::Unknown, format!("{prefix}: {image}: {}", self.reason))
+    }
+}
+
+/// A decision about one image, with what it was based on.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub image: String,
+    pub digest: Option<String>,
+    pub rule: String,
+    pub mode: Mode,
+    pub outcome: Option<Outcome>,
+    /// The outcome came from the cache.
+    pub cached: bool,
+    /// What the proxy does: forward (true) or refuse (false).
+    pub allowed: bool,
+}
+
+impl Decision {
+    /// A one-line reason for logs and the CLI.
+    pub fn reason(&self) -> String {
+        match (&self.outcome, self.mode) {
+            (_, Mode::Skip) => format!("rule {:?} skips verification", self.rule),
+            (Some(Outcome::Verified { attestors }), _) => {
+                format!("signed by {}", attestors.join(", "))
+            }
+            (Some(Outcome::Denied(d)), _) => d.reason.clone(),
+            (None, _) => "no decision".into(),
+        }
+    }
+}
+
+struct State {
+    policy: Policy,
+    registry: Registry,
+    decisions: Cache<Key, Outcome>,
+    resolutions: Cache<(String, Auth), Result<String, Denial>>,
+}
+
+/// The image guard: policy, registry client and caches. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    state: Arc<RwLock<Arc<State>>>,
+    /// The runtime's CRI socket, for confirming what a pull stored.
+    upstream: Option<PathBuf>,
+}
+
+impl Verifier {
+    /// A verifier for `policy`; `upstream` is the runtime's socket (None: no runtime, e.g. the CLI).
+    pub fn new(policy: Policy, upstream: Option<PathBuf>) -> Result<Verifier, RegistryError> {
+        let state = Self::state(policy)?;
+        Ok(Verifier {
+            state: Arc::new(RwLock::new(Arc::new(state))),
+            upstream,
+        })
+    }
+
+    fn state(policy: Policy) -> Result<State, RegistryError> {
+        let registry = Registry::new(RegistryConfig {
+            hosts_dir: policy.hosts_dir.clone(),
+            insecure: policy
+                .registries
+                .iter()
+                .filter(|(_, s)| s.insecure)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            timeout: policy.fetch.timeout,
+            max_manifest_size: policy.fetch.max_manifest_size,
+        })?;
+        Ok(State {
+            decisions: Cache::new(policy.cache.size),
+            resolutions: Cache::new(policy.cache.size.min(4096)),
+            registry,
+            policy,
+        })
+    }
+
+    /// Replaces the policy. Decisions made under the old one are gone (new generation, new cache).
+    pub fn reload(&self, policy: Policy) -> Result<(), RegistryError> {
+        let state = Arc::new(Self::state(policy)?);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Cache counters: (hits, misses, verifications run).
+    pub fn stats(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.current().decisions.stats;
+        (
+            s.hits.load(Relaxed),
+            s.misses.load(Relaxed),
+            s.verifications.load(Relaxed),
+        )
+    }
+
+    /// Decides on `image` for a pod in `namespace`.
+    pub async fn check_image(&self, image: &str, namespace: &str, auth: &Auth) -> Decision {
+        let state = self.current();
+        let mut d = Decision {
+            image: image.to_string(),
+            digest: None,
+            rule: "(none)".into(),
+            mode: Mode::Enforce,
+            outcome: None,
+            cached: false,
+            allowed: false,
+        };
+        let reference = match image.parse::<Reference>() {
+            Ok(r) => r,
+            Err(e) => {
+                d.outcome = Some(Outcome::Denied(Denial::new(format!(
+                    "not a valid image reference: {e}"
+                ))));
+                return d;
+            }
+        };
+        let matched = state.policy.matching(&reference, namespace);
+        d.rule = matched.name().to_string();
+        d.mode = matched.mode();
+        if d.mode == Mode::Skip {
+            d.allowed = true;
+            return d;
+        }
+        let Matched::Rule(index, rule) = matched else {
+            d.outcome = Some(Outcome::Denied(Denial::new(format!(
+                "no policy rule matches this image{} (policy default: {})",
+                if namespace.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in namespace {namespace}")
+                },
+                d.mode.as_str()
+            ))));
+            d.allowed = d.mode == Mode::Audit;
+            return d;
+        };
+        let timeout = state.policy.fetch.verify_timeout;
+        let work = self.decide_rule(&state, &reference, index, rule, auth, &mut d);
+        if tokio::time::timeout(timeout, work).await.is_err() {
+            d.outcome = Some(Outcome::Denied(Denial {
+                unavailable: true,
+                reason: format!(
+                    "verification did not finish within {timeout:?} (fetch.verifyTimeout)"
+                ),
+            }));
+        }
+        d.allowed = matches!(d.outcome, Some(Outcome::Verified { .. })) || d.mode == Mode::Audit;
+        d
+    }
+
+    async fn decide_rule(
+        &self,
+        state: &State,
+        reference: &Reference,
+        index: usize,
+        rule: &Rule,
+        auth: &Auth,
+        d: &mut Decision,
+    ) {
+        let digest = match self.resolve(state, reference, auth).await {
+            Ok(digest) => digest,
+            Err(denial) => {
+                d.outcome = Some(Outcome::Denied(denial));
+                return;
+            }
+        };
+        d.digest = Some(digest.clone());
+        let (outcome, cached) = self
+            .verify_digest(state, reference, index, rule, &digest, auth)
+            .await;
+        d.outcome = Some(outcome);
+        d.cached = cached;
+    }
+
+    async fn resolve(
+        &self,
+        state: &State,
+        reference: &Reference,
+        auth: &Auth,
+    ) -> Result<String, Denial> {
+        if let Some(digest) = reference.digest() {
+            return if valid_digest(digest) {
+                Ok(digest.to_string())
+            } else {
+                Err(Denial::new(format!("{digest} is not a sha256 digest")))
+            };
+        }
+        let key = (reference.whole(), auth.clone());
+        let ttl = state.policy.cache.resolve_ttl;
+        let neg = state.policy.cache.negative_ttl;
+        state
+            .resolutions
+            .get_or_fill(
+                key,
+                || async {
+                    state
+                        .registry
+                        .resolve(reference, auth)
+                        .await
+                        .map_err(|e| Denial::registry(&e, "cannot resolve the tag to a digest"))
+                },
+                |r| if r.is_ok() { ttl } else { neg },
+            )
+            .await
+            .0
+    }
+
+    /// The (cached) outcome of verifying `digest` of `reference` under `rule`.
+    async fn verify_digest(
+        &self,
+        state: &State,
+        reference: &Reference,
+        index: usize,
+        rule: &Rule,
+        digest: &str,
+        auth: &Auth,
+    ) -> (Outcome, bool) {
+        let Some(raw) = digest_bytes(digest) else {
+            return (
+                Outcome::Denied(Denial::new(format!("{digest} is not a sha256 digest"))),
+                false,
+            );
+        };
+        let scope = match rule.identity {
+            cosign::IdentityMatch::Exact => reference.whole(),
+            _ => repository_of(reference),
+        };
+        let key = Key {
+            scope: scope.into(),
+            digest: raw,
+            generation: state.policy.generation,
+            rule: index,
+        };
+        let (ttl, neg) = (state.policy.cache.ttl, state.policy.cache.negative_ttl);
+        state
+            .decisions
+            .get_or_fill(
+                key,
+                || verify_signatures(state, reference, rule, digest, auth),
+                |o| {
+                    if matches!(o, Outcome::Verified { .. }) {
+                        ttl
+                    } else {
+                        neg
+                    }
+                },
+            )
+            .await
+    }
+
+    /// After an allowed pull: the digests containerd recorded for this repository must include a
+    /// verified one; otherwise the image is removed and the pull denied (I1).
+    async fn confirm_pull(
+        self,
+        reference: Reference,
+        namespace: String,
+        auth: Auth,
+        verified: String,
+        pulled: cri::PullImageResponse,
+    ) -> Result<(), Status> {
+        let image = reference.whole();
+        let Some(upstream) = self.upstream.clone() else {
+            return Ok(());
+        };
+        let mut client = cri::image_client(&upstream);
+        let spec = Some(cri::ImageSpec {
+            image: pulled.image_ref.clone(),
+            ..Default::default()
+        });
+        let repo = repository_of(&reference);
+        let stored: Vec<String> = match client
+            .image_status(cri::ImageStatusRequest {
+                image: spec.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .image
+                .map(|i| i.repo_digests)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|rd| {
+                    rd.split_once('@')
+                        .filter(|(n, _)| *n == repo)
+                        .map(|(_, d)| d.to_string())
+                })
+                .collect(),
+            Err(e) => {
+                warn!(image, error = %e.message(), "cannot read what the runtime stored");
+                Vec::new()
+            }
+        };
+        if stored.iter().any(|d| *d == verified) {
+            return Ok(());
+        }
+        // The tag moved between our check and the runtime's pull: the stored digest decides.
+        let mut why = format!(
+            "the runtime stored {} instead of the verified {verified}",
+            stored.join(", ")
+        );
+        for d in &stored {
+            let pinned = Reference::with_digest(
+                reference.registry().into(),
+                reference.repository().into(),
+                d.clone(),
+            );
+            let decision = self.check_image(&pinned.whole(), &namespace, &auth).await;
+            if decision.allowed {
+                return Ok(());
+            }
+            why = format!(
+                "the tag moved during the pull: the runtime stored {d}, which failed: {}",
+                decision.reason()
+            );
+        }
+        let removed = client
+            .remove_image(cri::RemoveImageRequest { image: spec })
+            .await;
+        warn!(image, stored = ?stored, removed = removed.is_ok(), "pulled digest not verified; image removed");
+        Err(Denial::new(why).status(&image))
+    }
+}
+
+#[derive(Deserialize)]
+struct OciManifest {
+    #[serde(default)]
+    layers: Vec<OciDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct OciDescriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Fetches the cosign signatures of `digest` and checks them against the rule's attestors.
+async fn verify_signatures(
+    state: &State,
+    reference: &Reference,
+    rule: &Rule,
+    digest: &str,
+    auth: &Auth,
+) -> Outcome {
+    let sig_repo = rule
+        .signatures_repository
+        .clone()
+        .unwrap_or_else(|| reference.clone());
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let where_ = format!("{}/{}:{tag}", sig_repo.registry(), sig_repo.repository());
+    let manifest = match state.registry.manifest_at(&sig_repo, &tag, auth).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Outcome::Denied(Denial::new(format!(
+                "no signature found (nothing at {where_})"
+            )));
+        }
+        Err(e) => {
+            return Outcome::Denied(Denial::registry(&e, "cannot fetch the signature manifest"));
+        }
+    };
+    let parsed: OciManifest = match serde_json::from_slice(&manifest.body) {
+        Ok(m) => m,
+        Err(e) => {
+            return Outcome::Denied(Denial::new(format!(
+                "the signature manifest at {where_} is malformed: {e}"
+            )));
+        }
+    };
+    if parsed.layers.len() > MAX_SIGNATURE_LAYERS {
+        return Outcome::Denied(Denial::new(format!(
+            "the signature manifest at {where_} has {} layers (limit {MAX_SIGNATURE_LAYERS})",
+            parsed.layers.len()
+        )));
+    }
+    let max = state.policy.fetch.max_signature_size;
+    let mut layers = Vec::new();
+    let mut failures: Vec<cosign::Failure> = Vec::new();
+    let mut skipped = Vec::new();
+    for l in &parsed.layers {
+        if l.media_type != SIMPLESIGNING {
+            skipped.push(l.media_type.clone());
+            continue;
+        }
+        if l.size < 0 || l.size as usize > max {
+            skipped.push(format!(
+                "a {}-byte signature layer over the {max}-byte limit",
+                l.size
+            ));
+            continue;
+        }
+        match state.registry.blob(&sig_repo, &l.digest, max, auth).await {
+            Ok(payload) => layers.push(SigLayer {
+                media_type: l.media_type.clone(),
+                payload: payload.to_vec(),
+                annotations: l.annotations.clone(),
+            }),
+            Err(e) => {
+                return Outcome::Denied(Denial::registry(&e, "cannot fetch a signature layer"));
+            }
+        }
+    }
+    if layers.is_empty() {
+        return Outcome::Denied(Denial::new(format!(
+            "no cosign signature layer at {where_} (found: {})",
+            if skipped.is_empty() {
+                "no layers".to_string()
+            } else {
+                skipped.join(", ")
+            }
+        )));
+    }
+    let expected = Expected {
+        digest,
+        reference,
+        identity: &rule.identity,
+    };
+    let mut signed_by = Vec::new();
+    for attestor in &rule.attestors {
+        let mut ok = false;
+        for layer in &layers {
+            match cosign::verify_layer(layer, &attestor.key, &expected, attestor.rekor.as_ref()) {
+                Ok(_) => {
+                    ok = true;
+                    break;
+                }
+                Err(f) => failures.push(f),
+            }
+        }
+        if ok {
+            signed_by.push(attestor.name.clone());
+        }
+    }
+    if signed_by.len() >= rule.count {
+        return Outcome::Verified {
+            attestors: signed_by,
+        };
+    }
+    if !signed_by.is_empty() {
+        let missing: Vec<&str> = rule
+            .attestors
+            .iter()
+            .map(|a| a.name.as_str())
+            .filter(|n| !signed_by.iter().any(|s| s == n))
+            .collect();
+        return Outcome::Denied(Denial::new(format!(
+            "signed by {} of the {} required attestors ({}); not signed by {}",
+            signed_by.len(),
+            rule.count,
+            signed_by.join(", "),
+            missing.join(", ")
+        )));
+    }
+    let best = failures.iter().max_by_key(|f| f.specificity());
+    Outcome::Denied(Denial::new(match best {
+        Some(f) => format!("no valid signature: {f}"),
+        None => "no valid signature".to_string(),
+    }))
+}
+
+fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Guard for Verifier {
+    fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move {
+            let Call::Pull(req) = call else {
+                // CreateContainer is checked in a later step; until then it is forwarded.
+                return Verdict::Forward;
+            };
+            let image = call.image().to_string();
+            let namespace = call.namespace().to_string();
+            let auth = Auth::from_cri(req.auth.as_ref());
+            let d = self.check_image(&image, &namespace, &auth).await;
+            let (hits, misses, runs) = self.stats();
+            info!(
+                image = %image,
+                namespace = %namespace,
+                digest = d.digest.as_deref().unwrap_or(""),
+                rule = %d.rule,
+                mode = d.mode.as_str(),
+                allowed = d.allowed,
+                cached = d.cached,
+                reason = %d.reason(),
+                cache_hits = hits,
+                cache_misses = misses,
+                verifications = runs,
+                "pull decision"
+            );
+            match (&d.outcome, d.allowed) {
+                (Some(Outcome::Denied(denial)), false) => Verdict::Deny(denial.status(&image)),
+                (_, false) => Verdict::Deny(Denial::new(d.reason()).status(&image)),
+                (Some(Outcome::Denied(_)), true) => {
+                    warn!(image = %image, namespace = %namespace, rule = %d.rule, reason = %d.reason(), "audit: would have denied this pull");
+                    Verdict::Forward
+                }
+                (Some(Outcome::Verified { .. }), true) => {
+                    let (Some(digest), Ok(reference)) =
+                        (d.digest.clone(), image.parse::<Reference>())
+                    else {
+                        return Verdict::Deny(
+                            Denial::new("internal: verified without a digest").status(&image),
+                        );
+                    };
+                    let this = self.clone();
+                    Verdict::ForwardThen(Box::new(move |pulled| {
+                        Box::pin(this.confirm_pull(reference, namespace, auth, digest, pulled))
+                    }))
+                }
+                (None, true) => Verdict::Forward,
+            }
+        })
+    }
+}

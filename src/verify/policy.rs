@@ -1,0 +1,901 @@
+//! The node's image policy: what an operator writes, validated once (every problem reported), and
+//! the rule lookup for an image and a namespace.
+//!
+//! The vocabulary follows Kyverno's `verifyImages` so operators recognize it: `imageReferences`,
+//! `attestors`, `count`. A policy file (TOML):
+//!
+//! ```toml
+//! default = "enforce"            # images no rule matches: enforce (deny) | audit | skip
+//! hostsDir = "/etc/containerd/certs.d"   # read containerd's hosts.toml: plain-HTTP registries, mirrors
+//!
+//! [registries."registry.local:5000"]
+//! insecure = true                # plain HTTP (also learned from hostsDir)
+//!
+//! [[rules]]
+//! name = "pause"
+//! imageReferences = ["registry.k8s.io/pause:*"]
+//! mode = "skip"                  # trusted without a signature
+//!
+//! [[rules]]
+//! name = "team-a"
+//! imageReferences = ["registry.example.com/team-a/*"]
+//! namespaces = ["team-a", "team-a-*"]    # optional; default: every namespace
+//! mode = "enforce"               # enforce | audit
+//! count = 1                      # at least this many attestors must have signed (default: all)
+//! signedIdentity = "repository"  # repository | exact | any | { remapPrefix = "..", signedPrefix = ".." }
+//! # signaturesRepository = "registry.example.com/signatures"   # like COSIGN_REPOSITORY
+//! [[rules.attestors]]
+//! name = "release"
+//! key = "/etc/cri-guard/keys/release.pub"     # PEM public key: ECDSA P-256/P-384, RSA, Ed25519
+//! # keyData = "-----BEGIN PUBLIC KEY-----..." # or inline
+//! # rekorKey = "/etc/cri-guard/keys/rekor.pub" # require a Rekor bundle checked against this key
+//!
+//! [cache]                        # optional
+//! size = 10000                   # verified (repository, digest) decisions kept
+//! ttl = "1h"                     # how long a positive decision is trusted
+//! negativeTtl = "10s"            # how long a denial is remembered (absorbs kubelet retries)
+//! resolveTtl = "30s"             # tag -> digest resolutions (never an allow key)
+//!
+//! [fetch]                        # optional
+//! timeout = "10s"                # per registry request
+//! verifyTimeout = "30s"          # whole decision; over it, the pull is denied
+//! maxManifestSize = "4MiB"
+//! maxSignatureSize = "1MiB"
+//! ```
+//!
+//! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
+//! A pattern is matched against the normalized image (`docker.io/library/nginx:1.25`,
+//! `registry.example.com/app@sha256:..`) and against its repository alone
+//! (`registry.example.com/app`); `*` matches any run of characters (including `/` and `:`), `?`
+//! one character.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use oci_client::Reference;
+
+use super::cosign::{IdentityMatch, PublicKey, RekorKeys};
+use crate::config::{ConfigErrors, parse_duration, parse_size};
+
+/// What a rule does with the images it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Verify; deny what fails.
+    Enforce,
+    /// Verify; allow what fails, but log and count it.
+    Audit,
+    /// Trusted without verification (e.g. the pause image).
+    Skip,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+            Mode::Skip => "skip",
+        }
+    }
+}
+
+/// One trusted signer.
+#[derive(Debug)]
+pub struct Attestor {
+    pub name: String,
+    pub key: PublicKey,
+    /// When set, the signature must come with a Rekor bundle verified against these keys.
+    pub rekor: Option<RekorKeys>,
+}
+
+/// One rule of the policy.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub image_references: Vec<String>,
+    /// Namespace patterns; empty means every namespace.
+    pub namespaces: Vec<String>,
+    pub mode: Mode,
+    pub attestors: Vec<Attestor>,
+    /// How many distinct attestors must have signed.
+    pub count: usize,
+    pub identity: IdentityMatch,
+    /// Where signatures live instead of the image's own repository (`registry/repository`).
+    pub signatures_repository: Option<Reference>,
+}
+
+/// Per-registry settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Speak plain HTTP to it.
+    pub insecure: bool,
+}
+
+/// Cache sizes and lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub size: usize,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub resolve_ttl: Duration,
+}
+
+/// Registry fetch limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSettings {
+    pub timeout: Duration,
+    pub verify_timeout: Duration,
+    pub max_manifest_size: usize,
+    pub max_signature_size: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            size: 10_000,
+            ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(10),
+            resolve_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            timeout: Duration::from_secs(10),
+            verify_timeout: Duration::from_secs(30),
+            max_manifest_size: 4 << 20,
+            max_signature_size: 1 << 20,
+        }
+    }
+}
+
+/// A loaded, validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// Changes with every load; part of every cache key (invariant I5).
+    pub generation: u64,
+    pub source: String,
+    pub default: Mode,
+    pub rules: Vec<Rule>,
+    pub registries: BTreeMap<String, RegistrySettings>,
+    pub hosts_dir: Option<PathBuf>,
+    pub cache: CacheSettings,
+    pub fetch: FetchSettings,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The rule that decides for an image, or the default.
+#[derive(Debug, Clone, Copy)]
+pub enum Matched<'a> {
+    Rule(usize, &'a Rule),
+    Default(Mode),
+}
+
+impl Matched<'_> {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Matched::Rule(_, r) => r.mode,
+            Matched::Default(m) => *m,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Matched::Rule(_, r) => &r.name,
+            Matched::Default(_) => "(default)",
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            problems: vec![format!(
+                "cannot read the policy file: {e} (check the `policy` path)"
+            )],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        Policy::parse(&source, &text, base)
+    }
+
+    /// Validates policy `text`; relative key paths are taken from `base`.
+    pub fn parse(source: &str, text: &str, base: &Path) -> Result<Policy, ConfigErrors> {
+        let fail = |problems| ConfigErrors {
+            source: source.to_string(),
+            problems,
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| fail(vec![format!("not valid TOML: {}", e.message())]))?;
+        let mut p = Parser {
+            problems: Vec::new(),
+            base,
+        };
+        let policy = p.policy(source, &table);
+        if p.problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(fail(p.problems))
+        }
+    }
+
+    /// The first rule matching `image` in `namespace`, else the default.
+    pub fn matching(&self, image: &Reference, namespace: &str) -> Matched<'_> {
+        let full = image.whole();
+        let repo = repository_of(image);
+        for (i, rule) in self.rules.iter().enumerate() {
+            let image_ok = rule
+                .image_references
+                .iter()
+                .any(|p| glob_match(p, &full) || glob_match(p, &repo));
+            let ns_ok = rule.namespaces.is_empty()
+                || rule.namespaces.iter().any(|p| glob_match(p, namespace));
+            if image_ok && ns_ok {
+                return Matched::Rule(i, rule);
+            }
+        }
+        Matched::Default(self.default)
+    }
+
+    /// Settings of `registry` (host[:port]).
+    pub fn registry(&self, registry: &str) -> RegistrySettings {
+        self.registries.get(registry).cloned().unwrap_or_default()
+    }
+}
+
+/// `registry/repository` of a reference, as containerd records it.
+pub fn repository_of(r: &Reference) -> String {
+    format!("{}/{}", r.registry(), r.repository())
+}
+
+/// Glob match: `*` any run of characters, `?` exactly one; everything else literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+const TOP_KEYS: &[&str] = &[
+    "default",
+    "hostsDir",
+    "registries",
+    "rules",
+    "cache",
+    "fetch",
+];
+const RULE_KEYS: &[&str] = &[
+    "name",
+    "imageReferences",
+    "namespaces",
+    "mode",
+    "attestors",
+    "count",
+    "signedIdentity",
+    "signaturesRepository",
+];
+const ATTESTOR_KEYS: &[&str] = &["name", "key", "keyData", "rekorKey"];
+
+struct Parser<'a> {
+    problems: Vec<String>,
+    base: &'a Path,
+}
+
+impl Parser<'_> {
+    fn policy(&mut self, source: &str, t: &toml::Table) -> Policy {
+        self.unknown("", t, TOP_KEYS);
+        let default = match t.get("default") {
+            None => Mode::Enforce,
+            Some(v) => self.mode("`default`", v).unwrap_or(Mode::Enforce),
+        };
+        let hosts_dir = t
+            .get("hostsDir")
+            .and_then(|v| self.string("hostsDir", v))
+            .map(|s| self.path(&s));
+        let mut registries = BTreeMap::new();
+        if let Some(v) = t.get("registries") {
+            match v.as_table() {
+                Some(regs) => {
+                    for (name, v) in regs {
+                        let key = format!("registries.\"{name}\"");
+                        if name.is_empty()
+                            || name.contains('/')
+                            || name.contains(char::is_whitespace)
+                        {
+                            self.problems.push(format!(
+                                "`{key}`: a registry is a host or host:port, without scheme or path"
+                            ));
+                        }
+                        let Some(rt) = self.table(&key, v) else {
+                            continue;
+                        };
+                        self.unknown(&format!("{key}."), rt, &["insecure"]);
+                        let insecure = match rt.get("insecure") {
+                            None => false,
+                            Some(toml::Value::Boolean(b)) => *b,
+                            Some(_) => {
+                                self.problems
+                                    .push(format!("`{key}.insecure` must be true or false"));
+                                false
+                            }
+                        };
+                        registries.insert(name.clone(), RegistrySettings { insecure });
+                    }
+                }
+                None => self
+                    .problems
+                    .push("`registries` must be a table of registry names".into()),
+            }
+        }
+        let mut rules = Vec::new();
+        let mut names = HashSet::new();
+        match t.get("rules") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("rules[{i}]");
+                    let Some(rt) = self.table(&at, item) else {
+                        continue;
+                    };
+                    if let Some(rule) = self.rule(&at, rt) {
+                        if !names.insert(rule.name.clone()) {
+                            self.problems.push(format!(
+                                "{at}: rule name {:?} is used twice; names must be unique",
+                                rule.name
+                            ));
+                        }
+                        rules.push(rule);
+                    }
+                }
+            }
+            Some(_) => self
+                .problems
+                .push("`rules` must be an array of tables ([[rules]])".into()),
+        }
+        let cache = self.cache(t.get("cache"));
+        let fetch = self.fetch(t.get("fetch"));
+        Policy {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            source: source.to_string(),
+            default,
+            rules,
+            registries,
+            hosts_dir,
+            cache,
+            fetch,
+        }
+    }
+
+    fn rule(&mut self, at: &str, t: &toml::Table) -> Option<Rule> {
+        self.unknown(&format!("{at}."), t, RULE_KEYS);
+        let before = self.problems.len();
+        let name = match t
+            .get("name")
+            .and_then(|v| self.string(&format!("{at}.name"), v))
+        {
+            Some(n) if !n.is_empty() => n,
+            _ => {
+                if !t.contains_key("name") {
+                    self.problems
+                        .push(format!("{at}: every rule needs a `name`"));
+                }
+                format!(
+                    "rules[{}]",
+                    at.trim_start_matches("rules[").trim_end_matches(']')
+                )
+            }
+        };
+        let at = format!("rule {name:?}");
+        let image_references = self.patterns(
+            &format!("{at}: `imageReferences`"),
+            t.get("imageReferences"),
+            true,
+        );
+        let namespaces = self.patterns(&format!("{at}: `namespaces`"), t.get("namespaces"), false);
+        let mode = match t.get("mode") {
+            None => Mode::Enforce,
+            Some(v) => self
+                .mode(&format!("{at}: `mode`"), v)
+                .unwrap_or(Mode::Enforce),
+        };
+        let mut attestors = Vec::new();
+        let mut attestor_names = HashSet::new();
+        match t.get("attestors") {
+            None => {}
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let aat = format!("{at}: attestors[{i}]");
+                    let Some(at_t) = self.table(&aat, item) else {
+                        continue;
+                    };
+                    if let Some(a) = self.attestor(&aat, at_t) {
+                        if !attestor_names.insert(a.name.clone()) {
+                            self.problems.push(format!(
+                                "{aat}: attestor name {:?} is used twice in this rule",
+                                a.name
+                            ));
+                        }
+                        attestors.push(a);
+                    }
+                }
+            }
+            Some(_) => self.problems.push(format!(
+                "{at}: `attestors` must be an array of tables ([[rules.attestors]])"
+            )),
+        }
+        if mode != Mode::Skip && attestors.is_empty() && !t.contains_key("attestors") {
+            self.problems.push(format!(
+                "{at}: mode {} needs at least one attestor ([[rules.attestors]] with a `key`), or use mode = \"skip\"",
+                mode.as_str()
+            ));
+        }
+        let count = match t.get("count") {
+            None => attestors.len().max(1),
+            Some(toml::Value::Integer(n)) if *n >= 1 && (*n as usize) <= attestors.len().max(1) => {
+                *n as usize
+            }
+            Some(v) => {
+                self.problems.push(format!(
+                    "{at}: `count` = {v} is invalid: expected a whole number from 1 to the number of attestors ({})",
+                    attestors.len()
+                ));
+                1
+            }
+        };
+        let identity = match t.get("signedIdentity") {
+            None => IdentityMatch::Repository,
+            Some(v) => self.identity(&at, v),
+        };
+        let signatures_repository = t.get("signaturesRepository").and_then(|v| {
+            let s = self.string(&format!("{at}: `signaturesRepository`"), v)?;
+            let last = s.rsplit('/').next().unwrap_or("");
+            match s.parse::<Reference>() {
+                Ok(r) if !s.contains('@') && !last.contains(':') => Some(r),
+                _ => {
+                    self.problems.push(format!(
+                        "{at}: `signaturesRepository` = {s:?} is not a repository (expected registry/path, without tag or digest)"
+                    ));
+                    None
+                }
+            }
+        });
+        (self.problems.len() == before).then_some(Rule {
+            name,
+            image_references,
+            namespaces,
+            mode,
+            attestors,
+            count,
+            identity,
+            signatures_repository,
+        })
+    }
+
+    fn attestor(&mut self, at: &str, t: &toml::Table) -> Option<Attestor> {
+        self.unknown(&format!("{at}."), t, ATTESTOR_KEYS);
+        let name = t
+            .get("name")
+            .and_then(|v| self.string(&format!("{at}.name"), v));
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            self.problems
+                .push(format!("{at}: every attestor needs a `name`"));
+            return None;
+        };
+        let at = format!("{at} ({name})");
+        let pem = match (t.get("key"), t.get("keyData")) {
+            (Some(k), None) => {
+                let s = self.string(&format!("{at}: `key`"), k)?;
+                let path = self.path(&s);
+                match std::fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.problems.push(format!(
+                            "{at}: cannot read key file {}: {e}",
+                            path.display()
+                        ));
+                        return None;
+                    }
+                }
+            }
+            (None, Some(d)) => self.string(&format!("{at}: `keyData`"), d)?.into_bytes(),
+            _ => {
+                self.problems.push(format!(
+                    "{at}: give exactly one of `key` (a PEM file) or `keyData` (inline PEM)"
+                ));
+                return None;
+            }
+        };
+        let key = match PublicKey::from_pem(&name, &pem) {
+            Ok(k) => k,
+            Err(e) => {
+                self.problems.push(format!("{at}: {e}"));
+                return None;
+            }
+        };
+        let rekor = match t.get("rekorKey") {
+            None => None,
+            Some(v) => {
+                let s = self.string(&format!("{at}: `rekorKey`"), v)?;
+                let path = self.path(&s);
+                match std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| {
+                        RekorKeys::from_pems(&[pem.as_slice()]).map_err(|e| e.to_string())
+                    }) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        self.problems
+                            .push(format!("{at}: Rekor key {}: {e}", path.display()));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Attestor { name, key, rekor })
+    }
+
+    fn identity(&mut self, at: &str, v: &toml::Value) -> IdentityMatch {
+        match v {
+            toml::Value::String(s) if s == "repository" => IdentityMatch::Repository,
+            toml::Value::String(s) if s == "exact" => IdentityMatch::Exact,
+            toml::Value::String(s) if s == "any" => IdentityMatch::Any,
+            toml::Value::Table(t) if t.len() == 2 => {
+                match (
+                    t.get("remapPrefix").and_then(|v| v.as_str()),
+                    t.get("signedPrefix").and_then(|v| v.as_str()),
+                ) {
+                    (Some(p), Some(s)) if !p.is_empty() && !s.is_empty() => {
+                        IdentityMatch::RemapPrefix {
+                            prefix: p.to_string(),
+                            signed_prefix: s.to_string(),
+                        }
+                    }
+                    _ => {
+                        self.problems.push(format!("{at}: `signedIdentity` table needs non-empty `remapPrefix` and `signedPrefix` strings"));
+                        IdentityMatch::Repository
+                    }
+                }
+            }
+            _ => {
+                self.problems.push(format!(
+                    "{at}: `signedIdentity` = {v} is invalid: expected \"repository\", \"exact\", \"any\" or {{ remapPrefix = \"..\", signedPrefix = \"..\" }}"
+                ));
+                IdentityMatch::Repository
+            }
+        }
+    }
+
+    fn cache(&mut self, v: Option<&toml::Value>) -> CacheSettings {
+        let d = CacheSettings::default();
+        let Some(t) = v.and_then(|v| self.table("cache", v)) else {
+            return d;
+        };
+        self.unknown("cache.", t, &["size", "ttl", "negativeTtl", "resolveTtl"]);
+        CacheSettings {
+            size: match t.get("size") {
+                None => d.size,
+                Some(toml::Value::Integer(n)) if (1..=10_000_000).contains(n) => *n as usize,
+                Some(v) => {
+                    self.problems.push(format!(
+                        "`cache.size` = {v} is invalid: expected 1 to 10000000"
+                    ));
+                    d.size
+                }
+            },
+            ttl: self.duration("cache.ttl", t.get("ttl"), d.ttl),
+            negative_ttl: self.duration("cache.negativeTtl", t.get("negativeTtl"), d.negative_ttl),
+            resolve_ttl: self.duration("cache.resolveTtl", t.get("resolveTtl"), d.resolve_ttl),
+        }
+    }
+
+    fn fetch(&mut self, v: Option<&toml::Value>) -> FetchSettings {
+        let d = FetchSettings::default();
+        let Some(t) = v.and_then(|v| self.table("fetch", v)) else {
+            return d;
+        };
+        self.unknown(
+            "fetch.",
+            t,
+            &[
+                "timeout",
+                "verifyTimeout",
+                "maxManifestSize",
+                "maxSignatureSize",
+            ],
+        );
+        FetchSettings {
+            timeout: self.duration("fetch.timeout", t.get("timeout"), d.timeout),
+            verify_timeout: self.duration(
+                "fetch.verifyTimeout",
+                t.get("verifyTimeout"),
+                d.verify_timeout,
+            ),
+            max_manifest_size: self.size(
+                "fetch.maxManifestSize",
+                t.get("maxManifestSize"),
+                d.max_manifest_size,
+            ),
+            max_signature_size: self.size(
+                "fetch.maxSignatureSize",
+                t.get("maxSignatureSize"),
+                d.max_signature_size,
+            ),
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&toml::Value>, d: Duration) -> Duration {
+        let Some(v) = v else { return d };
+        match v.as_str().and_then(parse_duration).filter(|d| !d.is_zero()) {
+            Some(x) => x,
+            None => {
+                self.problems.push(format!(
+                    "`{key}` = {v} is invalid: expected a positive duration such as \"30s\""
+                ));
+                d
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, v: Option<&toml::Value>, d: usize) -> usize {
+        let Some(v) = v else { return d };
+        match v
+            .as_str()
+            .and_then(parse_size)
+            .filter(|n| (1024..=(64 << 20)).contains(n))
+        {
+            Some(x) => x,
+            None => {
+                self.problems.push(format!(
+                    "`{key}` = {v} is invalid: expected a size from \"1KiB\" to \"64MiB\""
+                ));
+                d
+            }
+        }
+    }
+
+    fn mode(&mut self, key: &str, v: &toml::Value) -> Option<Mode> {
+        match v.as_str() {
+            Some("enforce") => Some(Mode::Enforce),
+            Some("audit") => Some(Mode::Audit),
+            Some("skip") => Some(Mode::Skip),
+            _ => {
+                self.problems.push(format!(
+                    "{key} = {v} is invalid: expected \"enforce\", \"audit\" or \"skip\""
+                ));
+                None
+            }
+        }
+    }
+
+    fn patterns(&mut self, key: &str, v: Option<&toml::Value>, required: bool) -> Vec<String> {
+        let Some(v) = v else {
+            if required {
+                self.problems.push(format!("{key} is required: a list of image patterns such as [\"registry.example.com/team/*\"]"));
+            }
+            return Vec::new();
+        };
+        let Some(items) = v.as_array() else {
+            self.problems
+                .push(format!("{key} must be a list of strings"));
+            return Vec::new();
+        };
+        if required && items.is_empty() {
+            self.problems.push(format!("{key} must not be empty"));
+        }
+        let mut out = Vec::new();
+        for item in items {
+            match item.as_str() {
+                Some(s)
+                    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                {
+                    self.problems.push(format!(
+                        "{key}: pattern {s:?} is empty or contains white space"
+                    ));
+                }
+                Some(s) => out.push(s.to_string()),
+                None => self.problems.push(format!("{key}: {item} is not a string")),
+            }
+        }
+        out
+    }
+
+    fn unknown(&mut self, prefix: &str, t: &toml::Table, known: &[&str]) {
+        for k in t.keys().filter(|k| !known.contains(&k.as_str())) {
+            self.problems.push(format!(
+                "unknown key `{prefix}{k}` (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+
+    fn table<'t>(&mut self, key: &str, v: &'t toml::Value) -> Option<&'t toml::Table> {
+        let t = v.as_table();
+        if t.is_none() {
+            self.problems.push(format!("`{key}` must be a table"));
+        }
+        t
+    }
+
+    fn string(&mut self, key: &str, v: &toml::Value) -> Option<String> {
+        let s = v.as_str().map(str::to_string);
+        if s.is_none() {
+            self.problems.push(format!("{key} must be a string"));
+        }
+        s
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEcYt2jTWMCJ7ctLlUBHnhfOhbbyPs
+X4fK9ZxkwNcbhVwBA+hrDMm/S/QAtJAiBB3WJj9mvV0JVBLhjypRtXIiyw==
+-----END PUBLIC KEY-----";
+
+    fn parse(text: &str) -> Result<Policy, ConfigErrors> {
+        Policy::parse("p.toml", text, Path::new("/nonexistent"))
+    }
+
+    /// Globs: `*` spans any characters, `?` one; literal otherwise.
+    #[test]
+    fn globs() {
+        assert!(glob_match(
+            "registry.example.com/team/*",
+            "registry.example.com/team/app:v1"
+        ));
+        assert!(glob_match(
+            "registry.example.com/team/*",
+            "registry.example.com/team/a/b"
+        ));
+        assert!(!glob_match(
+            "registry.example.com/team/*",
+            "registry.example.com/other/app"
+        ));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("team-*", "team-a"));
+        assert!(!glob_match("team-*", "team"));
+        assert!(glob_match("*/pause:*", "registry.k8s.io/pause:3.9"));
+    }
+
+    /// Rules match in order, by image and namespace; unmatched images get the default.
+    #[test]
+    fn rule_order_and_namespaces() {
+        let p = parse(&format!(
+            r#"
+            default = "audit"
+            [[rules]]
+            name = "pause"
+            imageReferences = ["registry.k8s.io/pause*"]
+            mode = "skip"
+            [[rules]]
+            name = "team"
+            imageReferences = ["example.com/team/*"]
+            namespaces = ["a", "a-*"]
+            [[rules.attestors]]
+            name = "k"
+            keyData = """{KEY}"""
+            "#
+        ))
+        .unwrap();
+        let r = |s: &str| s.parse::<Reference>().unwrap();
+        assert_eq!(
+            p.matching(&r("registry.k8s.io/pause:3.9"), "x").name(),
+            "pause"
+        );
+        assert_eq!(
+            p.matching(&r("example.com/team/app:1"), "a-prod").name(),
+            "team"
+        );
+        assert_eq!(
+            p.matching(&r("example.com/team/app:1"), "b").name(),
+            "(default)"
+        );
+        assert_eq!(
+            p.matching(&r("example.com/team/app:1"), "b").mode(),
+            Mode::Audit
+        );
+        assert_eq!(p.matching(&r("busybox"), "a").mode(), Mode::Audit);
+    }
+
+    /// Every problem in a policy is reported at once with where it is.
+    #[test]
+    fn all_problems_at_once() {
+        let e = parse(
+            r#"
+            default = "deny"
+            colour = 1
+            [[rules]]
+            name = "a"
+            imageReferences = []
+            mode = "enforce"
+            [[rules]]
+            name = "a"
+            imageReferences = ["x/*"]
+            count = 3
+            [[rules.attestors]]
+            name = "k"
+            key = "missing.pub"
+            [[rules]]
+            name = "c"
+            imageReferences = ["y/*"]
+            signedIdentity = "loose"
+            [[rules.attestors]]
+            name = "bad"
+            keyData = "not a key"
+            "#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "`default` = \"deny\"",
+            "unknown key `colour`",
+            "must not be empty",
+            "needs at least one attestor",
+            "cannot read key file /nonexistent/missing.pub",
+            "`signedIdentity`",
+            "(bad)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
+        }
+    }
+
+    /// Duplicate rule names are refused.
+    #[test]
+    fn duplicate_names() {
+        let e = parse(
+            r#"
+            [[rules]]
+            name = "a"
+            imageReferences = ["x"]
+            mode = "skip"
+            [[rules]]
+            name = "a"
+            imageReferences = ["y"]
+            mode = "skip"
+            "#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    /// Each load gets a new generation.
+    #[test]
+    fn generations_differ() {
+        assert_ne!(parse("").unwrap().generation, parse("").unwrap().generation);
+    }
+}
