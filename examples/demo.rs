@@ -2,7 +2,8 @@
 //! in front of containerd, and a pod run through it the way a kubelet would, printing each step.
 //! Run it with `scripts/demo.sh` (as root), which installs the packages and builds first.
 //!
-//! Every capability cri-guard gains shows up here.
+//! Every capability cri-guard gains shows up here: so far the transparent proxy, and signature
+//! verification of pulls against a policy.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -12,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cri_guard::cri;
+use support::sign::{self, TestKey};
 
 fn step(title: &str) {
     println!("\n== {title}");
@@ -29,16 +31,17 @@ struct Guard {
 }
 
 impl Guard {
-    fn start(bin: &Path, dir: &Path, upstream: &Path) -> Guard {
+    fn start(bin: &Path, dir: &Path, upstream: &Path, policy: &Path) -> Guard {
         let socket = dir.join("cri-guard.sock");
         let config = dir.join("cri-guard.toml");
         let log = dir.join("cri-guard.log");
         std::fs::write(
             &config,
             format!(
-                "listen = \"{}\"\nupstream = \"{}\"\nsocket_mode = \"0660\"\n\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
+                "listen = \"{}\"\nupstream = \"{}\"\nsocket_mode = \"0660\"\npolicy = \"{}\"\n\n[log]\nformat = \"text\"\nlevel = \"info\"\n",
                 socket.display(),
-                upstream.display()
+                upstream.display(),
+                policy.display()
             ),
         )
         .expect("write config");
@@ -101,23 +104,37 @@ async fn main() {
 
     step("1. Test bed: a private containerd 1.6 and a local registry in a temp dir");
     let mut bed = support::TestBed::start().await;
-    ok(format!(
-        "registry at {}, containerd at {}",
-        bed.registry.addr(),
-        bed.containerd_socket().display()
-    ));
-    let image = bed.push_image("demo/app", "v1");
-    ok(format!("pushed {image}"));
+    let reg = bed.registry.addr().to_string();
+    ok(format!("registry at {reg}, containerd at {}", bed.containerd_socket().display()));
+    let release = TestKey::p256();
+    let key_path = release.write_public(bed.dir.path(), "release");
+    let (image, digest) = bed.registry.push("demo/app", "v1", None);
+    sign::sign_image(&reg, None, "demo/app", &digest, &release);
+    ok(format!("pushed {image} and signed it with the release key (cosign format, at demo/app:sha256-<hex>.sig)"));
+    let (unsigned, _) = bed.registry.push("demo/unsigned", "v1", None);
+    ok(format!("pushed {unsigned}, not signed"));
+    let (forged, forged_digest) = bed.registry.push("demo/forged", "v1", None);
+    sign::sign_image(&reg, None, "demo/forged", &forged_digest, &TestKey::p256());
+    ok(format!("pushed {forged}, signed with some other key"));
+    let policy = bed.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"demo\"\nimageReferences = [\"{reg}/demo/*\"]\nmode = \"enforce\"\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
+            bed.containerd.certs_dir().display(),
+            key_path.display()
+        ),
+    )
+    .expect("write policy");
+    println!("\n-- policy.toml --\n{}", std::fs::read_to_string(&policy).unwrap_or_default());
 
-    step(
-        "2. cri-guard in front of containerd (the kubelet would use containerRuntimeEndpoint=unix://<this socket>)",
-    );
-    let guard = Guard::start(&bin, bed.dir.path(), &bed.containerd_socket());
+    step("2. cri-guard in front of containerd (the kubelet would use containerRuntimeEndpoint=unix://<this socket>)");
+    let guard = Guard::start(&bin, bed.dir.path(), &bed.containerd_socket(), &policy);
     let socket = guard.socket.clone();
     let mut rt = cri::runtime_client(&socket);
     let mut img = cri::image_client(&socket);
 
-    step("3. A pod through cri-guard, as the kubelet runs it");
+    step("3. A pod with the signed image, through cri-guard, as the kubelet runs it");
     let v = rt
         .version(cri::VersionRequest {
             version: "v1".into(),
@@ -187,7 +204,37 @@ async fn main() {
         String::from_utf8_lossy(&exec.stdout).trim()
     ));
 
-    step("4. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
+    step("4. Images that fail the policy never reach containerd");
+    for bad in [&unsigned, &forged] {
+        let denied = img
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: bad.clone(), ..Default::default() }),
+                auth: None,
+                sandbox_config: Some(support::sandbox_config(&support::unique_name("demo"), "default")),
+            })
+            .await
+            .expect_err("must be denied");
+        ok(format!("PullImage {bad} -> {:?}: {}", denied.code(), denied.message()));
+        let present = cri::image_client(bed.containerd_socket())
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: bad.clone(), ..Default::default() }),
+                verbose: false,
+            })
+            .await
+            .expect("ImageStatus")
+            .into_inner()
+            .image
+            .is_some();
+        assert!(!present, "{bad} reached containerd");
+        ok(format!("containerd's own store has no {bad}"));
+    }
+    let out = Command::new(&bin).arg("verify").arg("--policy").arg(&policy).args([&image, &unsigned]).output().expect("verify");
+    println!("   $ cri-guard verify --policy policy.toml {image} {unsigned}   (exit {})", out.status.code().unwrap_or(-1));
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("     {line}");
+    }
+
+    step("5. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
     let alpha = cri::channel(&socket);
     let mut grpc = tonic::client::Grpc::new(alpha);
     grpc.ready().await.expect("ready");
@@ -209,7 +256,7 @@ async fn main() {
         Ok(_) => panic!("runtime.v1alpha2 must be refused"),
     }
 
-    step("5. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
+    step("6. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
     tokio::task::block_in_place(|| bed.containerd.kill());
     let err = rt
         .version(cri::VersionRequest::default())
@@ -231,7 +278,7 @@ async fn main() {
         v.runtime_name, v.runtime_version
     ));
 
-    step("6. Clean up through cri-guard, then SIGTERM it");
+    step("7. Clean up through cri-guard, then SIGTERM it");
     let _ = rt
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: sandbox_id.clone(),

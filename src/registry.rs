@@ -145,12 +145,14 @@ pub struct RegistryConfig {
     pub max_manifest_size: usize,
 }
 
+/// (registry, scope, credential fingerprint): what a bearer token was issued for.
+type TokenKey = (String, String, [u8; 32]);
+
 /// A registry client; cheap to share.
 pub struct Registry {
     http: reqwest::Client,
     cfg: RegistryConfig,
-    /// (registry, scope, credential fingerprint) -> (token, expiry)
-    tokens: Mutex<HashMap<(String, String, [u8; 32]), (String, Instant)>>,
+    tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for Registry {

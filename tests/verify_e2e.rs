@@ -369,7 +369,7 @@ async fn tag_moves_during_pull() {
     let (image, d1) = g.push_signed("moving", "v1");
     g.pull(&image, "default").await.expect("first pull");
     // Make containerd pull again: drop its copy.
-    cri::image_client(&g.bed.containerd_socket())
+    cri::image_client(g.bed.containerd_socket())
         .remove_image(cri::RemoveImageRequest {
             image: Some(cri::ImageSpec {
                 image: image.clone(),

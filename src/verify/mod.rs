@@ -378,7 +378,7 @@ impl Verifier {
                 Vec::new()
             }
         };
-        if stored.iter().any(|d| *d == verified) {
+        if stored.contains(&verified) {
             return Ok(());
         }
         // The tag moved between our check and the runtime's pull: the stored digest decides.

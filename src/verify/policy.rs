@@ -542,7 +542,7 @@ impl Parser<'_> {
                 match std::fs::read(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|pem| {
-                        RekorKeys::from_pems(&[pem.as_slice()]).map_err(|e| e.to_string())
+                        RekorKeys::from_pems([pem.as_slice()]).map_err(|e| e.to_string())
                     }) {
                     Ok(k) => Some(k),
                     Err(e) => {
