@@ -70,8 +70,8 @@ impl Plan {
                 quick,
                 cheap_iters: 5_000,
                 cheap_batch: 250,
-                large_iters: 400,
-                large_batch: 20,
+                large_iters: 1_000,
+                large_batch: 50,
                 warmup: 300,
                 small_containers: 50,
                 large_containers: 1_000,
@@ -177,13 +177,15 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_socat(listen: &Path, upstream: &Path) -> Proc {
+/// socat's stderr goes to `log` (the readiness probe connection makes it log a broken pipe).
+fn spawn_socat(listen: &Path, upstream: &Path, log: &Path) -> Proc {
+    let logfile = std::fs::File::create(log).expect("socat log file");
     let child = Command::new(support::util::require_bin("socat", "socat"))
         .arg(format!("UNIX-LISTEN:{},fork", listen.display()))
         .arg(format!("UNIX-CONNECT:{}", upstream.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(logfile)
         .spawn()
         .expect("spawn socat");
     let p = Proc {
@@ -287,6 +289,74 @@ fn cpu_ctx(pids: &[i32]) -> (u64, u64) {
         }
     }
     (ns, ctx)
+}
+
+/// A snapshot of machine CPU use: busy ticks of all CPUs, and ticks used by this process, its
+/// reaped children and its live descendants (the bed, socat, cri-guard).
+struct CpuSnap {
+    busy: u64,
+    ours: u64,
+    at: Instant,
+}
+
+impl CpuSnap {
+    fn take() -> CpuSnap {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+        let busy = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .enumerate()
+            .filter(|(i, _)| *i != 3 && *i != 4)
+            .filter_map(|(_, v)| v.parse::<u64>().ok())
+            .sum();
+        let me = std::process::id() as i32;
+        let mut pids = vec![me];
+        pids.extend(descendants(me, &processes()));
+        let ours = pids
+            .iter()
+            .map(|&pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+                // After the comm: state(0) ... utime(11) stime(12) cutime(13) cstime(14).
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                f.iter().sum::<u64>()
+            })
+            .sum();
+        CpuSnap {
+            busy,
+            ours,
+            at: Instant::now(),
+        }
+    }
+
+    /// Percent of the machine's CPU used by other processes since `self` (USER_HZ = 100).
+    fn others_since(&self) -> f64 {
+        let now = CpuSnap::take();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = now.at.duration_since(self.at).as_secs_f64() * 100.0 * cpus;
+        let others =
+            now.busy.saturating_sub(self.busy) as f64 - now.ours.saturating_sub(self.ours) as f64;
+        (100.0 * others / total).max(0.0)
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,6 +493,7 @@ async fn measure(
     iters: usize,
     batch: usize,
 ) -> Measured {
+    let machine = CpuSnap::take();
     let mut samples: [Vec<u64>; 3] = std::array::from_fn(|_| Vec::with_capacity(iters));
     let mut cpu = [(0u64, 0u64); 3];
     let mut size = 0;
@@ -458,8 +529,10 @@ async fn measure(
         stats,
     };
     println!();
+    let others = machine.others_since();
     println!(
-        "{label}: {iters} calls/path, batches of {batch}, response {size} B (protobuf message)"
+        "{label}: {iters} calls/path, batches of {batch}, response {size} B; other processes \
+         used {others:.0}% CPU"
     );
     println!(
         "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
@@ -593,6 +666,7 @@ async fn create_containers(
 
 async fn run(plan: Plan, bin: PathBuf) {
     let t0 = Instant::now();
+    let machine = CpuSnap::take();
     println!(
         "cri-guard passthrough benchmark{} ({}; {} CPUs; containerd {})",
         if plan.quick { " --quick" } else { "" },
@@ -600,6 +674,19 @@ async fn run(plan: Plan, bin: PathBuf) {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         containerd_version(),
     );
+
+    let load = loadavg();
+    println!("load average at start: {load}");
+    if load
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l > 0.5)
+    {
+        println!(
+            "WARNING: the machine is busy; other work skews the figures (see `other processes used`)"
+        );
+    }
 
     let bed = TestBed::start().await;
     let csock = bed.containerd_socket();
@@ -647,7 +734,7 @@ async fn run(plan: Plan, bin: PathBuf) {
     let socat_sock = dir.join("socat.sock");
     let guard_sock = dir.join("guard.sock");
     let guard_log = dir.join("guard.log");
-    let mut socat = spawn_socat(&socat_sock, &csock);
+    let mut socat = spawn_socat(&socat_sock, &csock, &dir.join("socat.log"));
     let mut guard = spawn_guard(&bin, &guard_sock, &csock, &guard_log);
     let sockets = [csock.clone(), socat_sock.clone(), guard_sock.clone()];
     let mut paths = Paths {
@@ -710,12 +797,15 @@ async fn run(plan: Plan, bin: PathBuf) {
         results.push(m);
     }
 
+    let snap = CpuSnap::take();
     let tput = throughput(paths.sockets.clone(), plan.tput_rounds, plan.tput_slice);
     println!();
     println!(
-        "Throughput, Version, 4 concurrent clients (4 connections), {} x {:.2} s per path, interleaved:",
+        "Throughput, Version, 4 concurrent clients (4 connections), {} x {:.2} s per path, \
+         interleaved; other processes used {:.0}% CPU",
         plan.tput_rounds,
-        plan.tput_slice.as_secs_f64()
+        plan.tput_slice.as_secs_f64(),
+        snap.others_since()
     );
     for (i, name) in PATHS.iter().enumerate() {
         println!("  {name:<10} {:>9.0} calls/s", tput[i]);
@@ -867,11 +957,12 @@ async fn run(plan: Plan, bin: PathBuf) {
     drop(paths);
     guard.stop();
     socat.stop();
+    let others = machine.others_since();
     let bench_time = t0.elapsed();
     let t1 = Instant::now();
     drop(bed);
     println!(
-        "  total: {:.1} s (+ {:.1} s cleanup)",
+        "  total: {:.1} s (+ {:.1} s cleanup); other processes used {others:.0}% CPU during the run",
         bench_time.as_secs_f64(),
         t1.elapsed().as_secs_f64()
     );

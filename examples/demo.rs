@@ -105,12 +105,17 @@ async fn main() {
     step("1. Test bed: a private containerd 1.6 and a local registry in a temp dir");
     let mut bed = support::TestBed::start().await;
     let reg = bed.registry.addr().to_string();
-    ok(format!("registry at {reg}, containerd at {}", bed.containerd_socket().display()));
+    ok(format!(
+        "registry at {reg}, containerd at {}",
+        bed.containerd_socket().display()
+    ));
     let release = TestKey::p256();
     let key_path = release.write_public(bed.dir.path(), "release");
     let (image, digest) = bed.registry.push("demo/app", "v1", None);
     sign::sign_image(&reg, None, "demo/app", &digest, &release);
-    ok(format!("pushed {image} and signed it with the release key (cosign format, at demo/app:sha256-<hex>.sig)"));
+    ok(format!(
+        "pushed {image} and signed it with the release key (cosign format, at demo/app:sha256-<hex>.sig)"
+    ));
     let (unsigned, _) = bed.registry.push("demo/unsigned", "v1", None);
     ok(format!("pushed {unsigned}, not signed"));
     let (forged, forged_digest) = bed.registry.push("demo/forged", "v1", None);
@@ -126,9 +131,14 @@ async fn main() {
         ),
     )
     .expect("write policy");
-    println!("\n-- policy.toml --\n{}", std::fs::read_to_string(&policy).unwrap_or_default());
+    println!(
+        "\n-- policy.toml --\n{}",
+        std::fs::read_to_string(&policy).unwrap_or_default()
+    );
 
-    step("2. cri-guard in front of containerd (the kubelet would use containerRuntimeEndpoint=unix://<this socket>)");
+    step(
+        "2. cri-guard in front of containerd (the kubelet would use containerRuntimeEndpoint=unix://<this socket>)",
+    );
     let guard = Guard::start(&bin, bed.dir.path(), &bed.containerd_socket(), &policy);
     let socket = guard.socket.clone();
     let mut rt = cri::runtime_client(&socket);
@@ -208,16 +218,29 @@ async fn main() {
     for bad in [&unsigned, &forged] {
         let denied = img
             .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec { image: bad.clone(), ..Default::default() }),
+                image: Some(cri::ImageSpec {
+                    image: bad.clone(),
+                    ..Default::default()
+                }),
                 auth: None,
-                sandbox_config: Some(support::sandbox_config(&support::unique_name("demo"), "default")),
+                sandbox_config: Some(support::sandbox_config(
+                    &support::unique_name("demo"),
+                    "default",
+                )),
             })
             .await
             .expect_err("must be denied");
-        ok(format!("PullImage {bad} -> {:?}: {}", denied.code(), denied.message()));
+        ok(format!(
+            "PullImage {bad} -> {:?}: {}",
+            denied.code(),
+            denied.message()
+        ));
         let present = cri::image_client(bed.containerd_socket())
             .image_status(cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec { image: bad.clone(), ..Default::default() }),
+                image: Some(cri::ImageSpec {
+                    image: bad.clone(),
+                    ..Default::default()
+                }),
                 verbose: false,
             })
             .await
@@ -228,8 +251,17 @@ async fn main() {
         assert!(!present, "{bad} reached containerd");
         ok(format!("containerd's own store has no {bad}"));
     }
-    let out = Command::new(&bin).arg("verify").arg("--policy").arg(&policy).args([&image, &unsigned]).output().expect("verify");
-    println!("   $ cri-guard verify --policy policy.toml {image} {unsigned}   (exit {})", out.status.code().unwrap_or(-1));
+    let out = Command::new(&bin)
+        .arg("verify")
+        .arg("--policy")
+        .arg(&policy)
+        .args([&image, &unsigned])
+        .output()
+        .expect("verify");
+    println!(
+        "   $ cri-guard verify --policy policy.toml {image} {unsigned}   (exit {})",
+        out.status.code().unwrap_or(-1)
+    );
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("     {line}");
     }

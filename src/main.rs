@@ -109,6 +109,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             "cri-guard ready"
         );
         if let (Some(v), Some(path)) = (verifier, cfg.policy.clone()) {
+            tokio::spawn(report_sandbox_image(v.clone()));
             tokio::spawn(reload_on_sighup(v, path));
         }
         proxy.run(shutdown_signal()).await;
@@ -153,6 +154,24 @@ async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
                 tracing::error!(problems = ?e.problems, "policy reload refused; keeping the old policy")
             }
         }
+    }
+}
+
+/// The runtime pulls its sandbox (pause) image itself, not through PullImage: say at start and
+/// after each reload whether the policy would allow it, so an operator sees a missing `skip` rule.
+async fn report_sandbox_image(verifier: Verifier) {
+    // The runtime may still be starting; try for a while.
+    for _ in 0..30 {
+        if let Some(d) = verifier.check_sandbox_image().await {
+            if d.allowed {
+                tracing::info!(image = %d.image, rule = %d.rule, reason = %d.reason(), "sandbox image passes the policy");
+            } else {
+                tracing::warn!(image = %d.image, rule = %d.rule, reason = %d.reason(),
+                    "the runtime's sandbox image does NOT pass the policy; add a rule for it (e.g. mode = \"skip\")");
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }
 

@@ -37,18 +37,32 @@ fn serve(bed: &TestBed, policy: &Path, log: &Path, level: &str) -> (Serving, Pat
         .unwrap();
     let started = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "cri-guard did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "cri-guard did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     (Serving(child), socket)
 }
 
-async fn pull(socket: &Path, image: &str, auth: Option<cri::AuthConfig>) -> Result<String, tonic::Status> {
+async fn pull(
+    socket: &Path,
+    image: &str,
+    auth: Option<cri::AuthConfig>,
+) -> Result<String, tonic::Status> {
     cri::image_client(socket)
         .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
             auth,
-            sandbox_config: Some(support::sandbox_config(&support::unique_name("p"), "default")),
+            sandbox_config: Some(support::sandbox_config(
+                &support::unique_name("p"),
+                "default",
+            )),
         })
         .await
         .map(|r| r.into_inner().image_ref)
@@ -57,7 +71,10 @@ async fn pull(socket: &Path, image: &str, auth: Option<cri::AuthConfig>) -> Resu
 async fn in_store(socket: &Path, image: &str) -> bool {
     cri::image_client(socket)
         .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
             verbose: false,
         })
         .await
@@ -95,18 +112,36 @@ async fn private_registry_credentials_used_never_logged() {
     let key = TestKey::p256();
     let key_path = key.write_public(bed.dir.path(), "ci");
     let (image, digest) = private.push("secret-app", "v1", None);
-    sign::sign_image(private.addr(), Some((USER, PASSWORD)), "secret-app", &digest, &key);
+    sign::sign_image(
+        private.addr(),
+        Some((USER, PASSWORD)),
+        "secret-app",
+        &digest,
+        &key,
+    );
     let policy = policy_for(&bed, private.addr(), &key_path);
     let log = bed.dir.path().join("guard.log");
     let (serving, socket) = serve(&bed, &policy, &log, "trace");
 
-    let denied = pull(&socket, &image, None).await.expect_err("no credentials: denied");
+    let denied = pull(&socket, &image, None)
+        .await
+        .expect_err("no credentials: denied");
     assert_eq!(denied.code(), tonic::Code::Unknown);
-    assert!(denied.message().contains("credentials"), "{}", denied.message());
+    assert!(
+        denied.message().contains("credentials"),
+        "{}",
+        denied.message()
+    );
     assert!(!in_store(&bed.containerd_socket(), &image).await);
 
-    let auth = cri::AuthConfig { username: USER.into(), password: PASSWORD.into(), ..Default::default() };
-    pull(&socket, &image, Some(auth)).await.expect("credentials given: allowed");
+    let auth = cri::AuthConfig {
+        username: USER.into(),
+        password: PASSWORD.into(),
+        ..Default::default()
+    };
+    pull(&socket, &image, Some(auth))
+        .await
+        .expect("credentials given: allowed");
     assert!(in_store(&bed.containerd_socket(), &image).await);
 
     drop(serving);
@@ -114,7 +149,10 @@ async fn private_registry_credentials_used_never_logged() {
     assert!(text.contains("pull decision"), "the log is empty?\n{text}");
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     assert!(!text.contains(PASSWORD), "the password is in the log");
-    assert!(!text.contains(&basic), "the Basic credentials are in the log");
+    assert!(
+        !text.contains(&basic),
+        "the Basic credentials are in the log"
+    );
 }
 
 /// `cri-guard verify` gives the proxy's decision: exit 0 and ALLOW for a signed image, exit 1 and
@@ -129,7 +167,15 @@ async fn verify_command() {
     let (unsigned, _) = bed.registry.push("cli-unsigned", "v1", None);
     let policy = policy_for(&bed, bed.registry.addr(), &key_path);
 
-    let run = |images: &[&str]| Command::new(BIN).arg("verify").arg("--policy").arg(&policy).args(images).output().unwrap();
+    let run = |images: &[&str]| {
+        Command::new(BIN)
+            .arg("verify")
+            .arg("--policy")
+            .arg(&policy)
+            .args(images)
+            .output()
+            .unwrap()
+    };
     let ok = run(&[&signed]);
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{ok:?}");
@@ -139,14 +185,20 @@ async fn verify_command() {
     let bad = run(&[&signed, &unsigned]);
     let out = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
-    assert!(out.contains(&format!("DENY  {unsigned}")) && out.contains("no signature found"), "{out}");
+    assert!(
+        out.contains(&format!("DENY  {unsigned}")) && out.contains("no signature found"),
+        "{out}"
+    );
 }
 
 /// check-config validates the policy a configuration names, and a policy given with --policy,
 /// reporting every problem (exit 64).
 #[test]
 fn check_config_validates_policies() {
-    let dir = tempfile::Builder::new().prefix("cg").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("cg")
+        .tempdir_in("/tmp")
+        .unwrap();
     let policy = dir.path().join("p.toml");
     std::fs::write(
         &policy,
@@ -155,7 +207,10 @@ fn check_config_validates_policies() {
     .unwrap();
     let config = dir.path().join("c.toml");
     std::fs::write(&config, format!("policy = \"{}\"\n", policy.display())).unwrap();
-    for args in [vec!["check-config", config.to_str().unwrap()], vec!["check-config", "--policy", policy.to_str().unwrap()]] {
+    for args in [
+        vec!["check-config", config.to_str().unwrap()],
+        vec!["check-config", "--policy", policy.to_str().unwrap()],
+    ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -164,8 +219,16 @@ fn check_config_validates_policies() {
         assert!(err.contains("nope.pub"), "{err}");
     }
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/policy.toml");
-    let out = Command::new(BIN).args(["check-config", "--policy", shipped.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--policy", shipped.to_str().unwrap()])
+        .output()
+        .unwrap();
     // The example names key files an operator provides; everything else in it must be valid.
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.lines().filter(|l| l.trim_start().starts_with("- ")).all(|l| l.contains("cannot read key file")), "{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.trim_start().starts_with("- "))
+            .all(|l| l.contains("cannot read key file")),
+        "{err}"
+    );
 }

@@ -20,9 +20,9 @@ pub mod cache;
 pub mod cosign;
 pub mod policy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use oci_client::Reference;
 use serde::Deserialize;
@@ -123,8 +123,12 @@ struct State {
 #[derive(Clone)]
 pub struct Verifier {
     state: Arc<RwLock<Arc<State>>>,
-    /// The runtime's CRI socket, for confirming what a pull stored.
+    /// The runtime's CRI socket, for confirming what a pull stored and looking up images.
     upstream: Option<PathBuf>,
+    runtime:
+        Arc<OnceLock<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>>>,
+    /// Credentials the kubelet sent with allowed pulls, per registry; in memory only (I6).
+    remembered: Arc<Mutex<HashMap<String, Auth>>>,
 }
 
 impl Verifier {
@@ -134,6 +138,8 @@ impl Verifier {
         Ok(Verifier {
             state: Arc::new(RwLock::new(Arc::new(state))),
             upstream,
+            runtime: Arc::new(OnceLock::new()),
+            remembered: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -181,26 +187,45 @@ impl Verifier {
 
     /// Decides on `image` for a pod in `namespace`.
     pub async fn check_image(&self, image: &str, namespace: &str, auth: &Auth) -> Decision {
+        match image.parse::<Reference>() {
+            Ok(reference) => {
+                self.check_reference(&reference, None, namespace, auth)
+                    .await
+            }
+            Err(e) => Decision {
+                image: image.to_string(),
+                digest: None,
+                rule: "(none)".into(),
+                mode: Mode::Enforce,
+                outcome: Some(Outcome::Denied(Denial::new(format!(
+                    "not a valid image reference: {e}"
+                )))),
+                cached: false,
+                allowed: false,
+            },
+        }
+    }
+
+    /// Decides on `reference` (its name picks the rule); with `digest`, that digest is verified
+    /// instead of resolving the reference (CreateContainer: the digest the runtime holds).
+    pub async fn check_reference(
+        &self,
+        reference: &Reference,
+        digest: Option<&str>,
+        namespace: &str,
+        auth: &Auth,
+    ) -> Decision {
         let state = self.current();
         let mut d = Decision {
-            image: image.to_string(),
-            digest: None,
+            image: reference.whole(),
+            digest: digest.map(str::to_string),
             rule: "(none)".into(),
             mode: Mode::Enforce,
             outcome: None,
             cached: false,
             allowed: false,
         };
-        let reference = match image.parse::<Reference>() {
-            Ok(r) => r,
-            Err(e) => {
-                d.outcome = Some(Outcome::Denied(Denial::new(format!(
-                    "not a valid image reference: {e}"
-                ))));
-                return d;
-            }
-        };
-        let matched = state.policy.matching(&reference, namespace);
+        let matched = state.policy.matching(reference, namespace);
         d.rule = matched.name().to_string();
         d.mode = matched.mode();
         if d.mode == Mode::Skip {
@@ -221,7 +246,7 @@ impl Verifier {
             return d;
         };
         let timeout = state.policy.fetch.verify_timeout;
-        let work = self.decide_rule(&state, &reference, index, rule, auth, &mut d);
+        let work = self.decide_rule(&state, reference, index, rule, auth, &mut d);
         if tokio::time::timeout(timeout, work).await.is_err() {
             d.outcome = Some(Outcome::Denied(Denial {
                 unavailable: true,
@@ -243,7 +268,11 @@ impl Verifier {
         auth: &Auth,
         d: &mut Decision,
     ) {
-        let digest = match self.resolve(state, reference, auth).await {
+        let resolved = match d.digest.clone() {
+            Some(digest) => Ok(digest),
+            None => self.resolve(state, reference, auth).await,
+        };
+        let digest = match resolved {
             Ok(digest) => digest,
             Err(denial) => {
                 d.outcome = Some(Outcome::Denied(denial));
@@ -332,6 +361,166 @@ impl Verifier {
                 },
             )
             .await
+    }
+
+    /// A client of the runtime's ImageService (connects lazily, reconnects by itself).
+    fn runtime(
+        &self,
+    ) -> Option<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>> {
+        let upstream = self.upstream.as_ref()?;
+        Some(
+            self.runtime
+                .get_or_init(|| cri::image_client(upstream))
+                .clone(),
+        )
+    }
+
+    /// Credentials for `registry`: those of the last allowed pull from it, else the node's.
+    fn auth_for(&self, registry: &str) -> Auth {
+        if let Some(a) = self
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+        {
+            return a.clone();
+        }
+        self.current()
+            .policy
+            .node_credentials
+            .get(registry)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, registry: &str, auth: &Auth) {
+        if *auth != Auth::Anonymous {
+            self.remembered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(registry.to_string(), auth.clone());
+        }
+    }
+
+    /// Decides whether a container may be created from the image `req` names (invariant I2).
+    ///
+    /// The runtime is asked what the image is (ImageStatus: id, repo digests, tags). The name
+    /// the kubelet used (`user_specified_image`, else `image` when it is a name) picks the rule
+    /// for its repository; each repo digest the runtime holds is then verified, that repository's
+    /// first, each under the rule for its own repository in the pod's namespace. The container
+    /// is allowed if one of them is allowed. An image without any repo digest (built or imported
+    /// on the node) can only be allowed by a `skip` (or `audit`) rule for one of its names.
+    pub async fn check_create(
+        &self,
+        req: &cri::CreateContainerRequest,
+        namespace: &str,
+    ) -> Result<Decision, Status> {
+        let spec = req.config.as_ref().and_then(|c| c.image.as_ref());
+        let (image, user) = spec
+            .map(|s| (s.image.as_str(), s.user_specified_image.as_str()))
+            .unwrap_or(("", ""));
+        let shown = if user.is_empty() { image } else { user };
+        let deny = |reason: String| Denial::new(reason).status(shown);
+        if image.is_empty() {
+            return Err(deny("the container config names no image".into()));
+        }
+        let Some(mut runtime) = self.runtime() else {
+            return Err(deny(
+                "cri-guard has no runtime to look the image up in".into(),
+            ));
+        };
+        let status = runtime
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| {
+                deny(format!(
+                    "cannot look the image up in the runtime: {}",
+                    e.message()
+                ))
+            })?;
+        let Some(found) = status.into_inner().image else {
+            return Err(deny(format!("the runtime has no image {image}")));
+        };
+        let named = [user, image]
+            .into_iter()
+            .filter(|n| !n.is_empty() && !n.starts_with("sha256:"))
+            .find_map(|n| n.parse::<Reference>().ok());
+        let mut digests: Vec<(Reference, String)> = found
+            .repo_digests
+            .iter()
+            .filter_map(|rd| {
+                let (name, digest) = rd.split_once('@')?;
+                Some((name.parse::<Reference>().ok()?, digest.to_string()))
+            })
+            .collect();
+        let named_repo = named.as_ref().map(repository_of);
+        digests.sort_by_key(|(r, _)| Some(repository_of(r)) != named_repo);
+
+        if digests.is_empty() {
+            let names = named.iter().cloned().chain(
+                found
+                    .repo_tags
+                    .iter()
+                    .filter_map(|t| t.parse::<Reference>().ok()),
+            );
+            for name in names {
+                let d = self
+                    .check_reference(&name, None, namespace, &Auth::Anonymous)
+                    .await;
+                if d.mode == Mode::Skip || (d.mode == Mode::Audit && d.allowed) {
+                    return Ok(d);
+                }
+            }
+            return Err(deny(format!(
+                "image {} has no registry digest (built or imported on the node), so it carries no \
+                 signature; only a `skip` rule for its name can allow it",
+                found.id
+            )));
+        }
+        let mut reasons = Vec::new();
+        for (repo, digest) in &digests {
+            let rule_ref = match &named {
+                Some(n) if repository_of(n) == repository_of(repo) => n.clone(),
+                _ => repo.clone(),
+            };
+            let auth = self.auth_for(repo.registry());
+            let d = self
+                .check_reference(&rule_ref, Some(digest), namespace, &auth)
+                .await;
+            if d.allowed {
+                return Ok(d);
+            }
+            reasons.push(format!("{}@{digest}: {}", repository_of(repo), d.reason()));
+        }
+        Err(deny(format!(
+            "no digest of this image passes the policy: {}",
+            reasons.join("; ")
+        )))
+    }
+
+    /// The runtime's sandbox (pause) image, from its verbose Status (containerd reports its CRI
+    /// config there), and the decision the policy gives it. The runtime pulls this image itself,
+    /// never through PullImage, so cri-guard checks it at start and on every policy reload.
+    pub async fn check_sandbox_image(&self) -> Option<Decision> {
+        let upstream = self.upstream.as_ref()?;
+        let status = cri::runtime_client(upstream)
+            .status(cri::StatusRequest { verbose: true })
+            .await
+            .ok()?
+            .into_inner();
+        let config: serde_json::Value = serde_json::from_str(status.info.get("config")?).ok()?;
+        let image = config.get("sandboxImage")?.as_str()?.to_string();
+        let registry = image.parse::<Reference>().ok()?.registry().to_string();
+        Some(
+            self.check_image(&image, "", &self.auth_for(&registry))
+                .await,
+        )
     }
 
     /// After an allowed pull: the digests containerd recorded for this repository must include a
@@ -564,9 +753,25 @@ fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
 impl Guard for Verifier {
     fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
-            let Call::Pull(req) = call else {
-                // CreateContainer is checked in a later step; until then it is forwarded.
-                return Verdict::Forward;
+            let req = match call {
+                Call::Pull(req) => req,
+                Call::Create(req) => {
+                    let namespace = call.namespace();
+                    return match self.check_create(req, namespace).await {
+                        Ok(d) => {
+                            if matches!(d.outcome, Some(Outcome::Denied(_))) {
+                                warn!(image = %d.image, namespace, rule = %d.rule, reason = %d.reason(), "audit: would have denied this container");
+                            }
+                            info!(image = %d.image, digest = d.digest.as_deref().unwrap_or(""), namespace, rule = %d.rule,
+                                  cached = d.cached, reason = %d.reason(), "create decision: allowed");
+                            Verdict::Forward
+                        }
+                        Err(status) => {
+                            info!(namespace, reason = %status.message, "create decision: denied");
+                            Verdict::Deny(status)
+                        }
+                    };
+                }
             };
             let image = call.image().to_string();
             let namespace = call.namespace().to_string();
@@ -602,6 +807,7 @@ impl Guard for Verifier {
                             Denial::new("internal: verified without a digest").status(&image),
                         );
                     };
+                    self.remember(reference.registry(), &auth);
                     let this = self.clone();
                     Verdict::ForwardThen(Box::new(move |pulled| {
                         Box::pin(this.confirm_pull(reference, namespace, auth, digest, pulled))

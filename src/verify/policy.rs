@@ -7,6 +7,8 @@
 //! ```toml
 //! default = "enforce"            # images no rule matches: enforce (deny) | audit | skip
 //! hostsDir = "/etc/containerd/certs.d"   # read containerd's hosts.toml: plain-HTTP registries, mirrors
+//! nodeCredentials = "/var/lib/kubelet/config.json"  # docker config.json: registry credentials for
+//!                                # checks without kubelet-sent ones (CreateContainer after a restart)
 //!
 //! [registries."registry.local:5000"]
 //! insecure = true                # plain HTTP (also learned from hostsDir)
@@ -58,6 +60,7 @@ use oci_client::Reference;
 
 use super::cosign::{IdentityMatch, PublicKey, RekorKeys};
 use crate::config::{ConfigErrors, parse_duration, parse_size};
+use crate::registry::Auth;
 
 /// What a rule does with the images it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +165,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub registries: BTreeMap<String, RegistrySettings>,
     pub hosts_dir: Option<PathBuf>,
+    /// Registry credentials of the node (from `nodeCredentials`), by registry host.
+    pub node_credentials: BTreeMap<String, Auth>,
     pub cache: CacheSettings,
     pub fetch: FetchSettings,
 }
@@ -250,6 +255,66 @@ impl Policy {
     }
 }
 
+/// Reads a docker `config.json` (`{"auths": {"host": {"auth": base64(user:pass)} | {"username",
+/// "password"} | {"identitytoken"}}}`) into credentials by registry host. Errors never quote
+/// the file's contents.
+pub fn read_docker_config(path: &Path) -> Result<BTreeMap<String, Auth>, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("not JSON (line {}, column {})", e.line(), e.column()))?;
+    let auths = v
+        .get("auths")
+        .and_then(|a| a.as_object())
+        .ok_or("no \"auths\" object")?;
+    let mut out = BTreeMap::new();
+    for (server, entry) in auths {
+        let host = server
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host = if host == "index.docker.io" {
+            "docker.io"
+        } else {
+            host
+        };
+        let field = |k: &str| {
+            entry
+                .get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let auth = if !field("username").is_empty() {
+            Auth::Basic {
+                username: field("username"),
+                password: field("password"),
+            }
+        } else if !field("auth").is_empty() {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(field("auth").trim())
+                .map_err(|_| format!("the \"auth\" of {host} is not base64"))?;
+            let pair = String::from_utf8(raw)
+                .map_err(|_| format!("the \"auth\" of {host} is not text"))?;
+            let (u, p) = pair
+                .split_once(':')
+                .ok_or(format!("the \"auth\" of {host} is not user:password"))?;
+            Auth::Basic {
+                username: u.into(),
+                password: p.into(),
+            }
+        } else if !field("identitytoken").is_empty() {
+            Auth::Bearer(field("identitytoken"))
+        } else {
+            return Err(format!("the entry for {host} has no credentials"));
+        };
+        out.insert(host.to_string(), auth);
+    }
+    Ok(out)
+}
+
 /// `registry/repository` of a reference, as containerd records it.
 pub fn repository_of(r: &Reference) -> String {
     format!("{}/{}", r.registry(), r.repository())
@@ -281,6 +346,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 const TOP_KEYS: &[&str] = &[
     "default",
     "hostsDir",
+    "nodeCredentials",
     "registries",
     "rules",
     "cache",
@@ -314,6 +380,23 @@ impl Parser<'_> {
             .get("hostsDir")
             .and_then(|v| self.string("hostsDir", v))
             .map(|s| self.path(&s));
+        let node_credentials = match t
+            .get("nodeCredentials")
+            .and_then(|v| self.string("`nodeCredentials`", v))
+        {
+            None => BTreeMap::new(),
+            Some(s) => {
+                let path = self.path(&s);
+                match read_docker_config(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.problems
+                            .push(format!("`nodeCredentials`: {}: {e}", path.display()));
+                        BTreeMap::new()
+                    }
+                }
+            }
+        };
         let mut registries = BTreeMap::new();
         if let Some(v) = t.get("registries") {
             match v.as_table() {
@@ -383,6 +466,7 @@ impl Parser<'_> {
             rules,
             registries,
             hosts_dir,
+            node_credentials,
             cache,
             fetch,
         }
@@ -891,6 +975,37 @@ X4fK9ZxkwNcbhVwBA+hrDMm/S/QAtJAiBB3WJj9mvV0JVBLhjypRtXIiyw==
         )
         .unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    /// docker config.json credentials: base64 `auth`, user/password, scheme-prefixed hosts; errors
+    /// never quote secrets.
+    #[test]
+    fn docker_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("config.json");
+        std::fs::write(
+            &f,
+            r#"{"auths": {"https://index.docker.io/v1/": {"auth": "dTpwdw=="}, "r.local:5000": {"username": "a", "password": "b"}}}"#,
+        )
+        .unwrap();
+        let c = read_docker_config(&f).unwrap();
+        assert_eq!(
+            c["docker.io"],
+            Auth::Basic {
+                username: "u".into(),
+                password: "pw".into()
+            }
+        );
+        assert_eq!(
+            c["r.local:5000"],
+            Auth::Basic {
+                username: "a".into(),
+                password: "b".into()
+            }
+        );
+        std::fs::write(&f, r#"{"auths": {"x": {"auth": "c2VjcmV0LW5vLWNvbG9u"}}}"#).unwrap();
+        let e = read_docker_config(&f).unwrap_err();
+        assert!(e.contains("user:password") && !e.contains("secret"), "{e}");
     }
 
     /// Each load gets a new generation.

@@ -9,13 +9,15 @@
 //!
 //! Schemes, matching what cosign does for `cosign verify --key`:
 //! - ECDSA P-256 with SHA-256, ASN.1 DER signatures (cosign's default key type);
-//! - ECDSA P-384 with SHA-384 and P-521 with SHA-512 (sigstore-go's per-curve default, which
-//!   current cosign signs with). Signatures over P-384 made with SHA-256 (older cosign, and
-//!   `cosign verify`'s default `--signature-digest-algorithm sha256`) are NOT accepted yet:
-//!   sigstore 0.15 offers no such scheme (see docs/upstream.md);
+//! - ECDSA P-384 with SHA-384 and P-521 with SHA-512 (the per-curve default of Go
+//!   sigstore/sigstore, which current cosign signs with). P-384 signatures made with SHA-256
+//!   (older cosign, and `cosign verify`'s default `--signature-digest-algorithm sha256`) are
+//!   accepted too; sigstore 0.15 has no such scheme, so they are checked with the `p384` crate
+//!   (see docs/upstream.md);
 //! - RSA 2048..8192 bits, PKCS#1 v1.5 with SHA-256 (cosign's `LoadVerifier` for RSA keys);
-//! - Ed25519, pure (RFC 8032). Ed25519ph, which cosign >= 2.5 signs with by default, is not
-//!   accepted yet (no Ed25519ph in sigstore 0.15).
+//! - Ed25519, pure (RFC 8032), and Ed25519ph (RFC 8032 prehash, SHA-512, empty context), which
+//!   current cosign signs with by default; sigstore 0.15 has no Ed25519ph, so it is checked with
+//!   `ed25519-dalek`.
 
 use std::fmt;
 
@@ -110,10 +112,47 @@ impl fmt::Display for Algorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Algorithm::EcdsaP256 => f.write_str("ECDSA P-256/SHA-256"),
-            Algorithm::EcdsaP384 => f.write_str("ECDSA P-384/SHA-384"),
+            Algorithm::EcdsaP384 => f.write_str("ECDSA P-384/SHA-384 or SHA-256"),
             Algorithm::EcdsaP521 => f.write_str("ECDSA P-521/SHA-512"),
             Algorithm::Rsa { bits } => write!(f, "RSA-{bits} PKCS#1 v1.5/SHA-256"),
-            Algorithm::Ed25519 => f.write_str("Ed25519"),
+            Algorithm::Ed25519 => f.write_str("Ed25519 or Ed25519ph"),
+        }
+    }
+}
+
+/// A second scheme a key also verifies with, for what cosign signs but sigstore 0.15 cannot
+/// check: ECDSA P-384 over a SHA-256 digest, and Ed25519ph.
+#[derive(Clone)]
+enum Alternative {
+    None,
+    /// ECDSA P-384, SHA-256 digest, ASN.1 DER signature.
+    P384Sha256(p384::ecdsa::VerifyingKey),
+    /// Ed25519ph: RFC 8032 prehash variant (SHA-512), empty context.
+    Ed25519ph(ed25519_dalek::VerifyingKey),
+}
+
+impl Alternative {
+    /// Whether `sig` is a signature over `msg` under this scheme. Never panics.
+    fn verifies(&self, sig: &[u8], msg: &[u8]) -> bool {
+        match self {
+            Alternative::None => false,
+            Alternative::P384Sha256(key) => {
+                use p384::ecdsa::signature::hazmat::PrehashVerifier as _;
+                use sha2::Digest as _;
+                let Ok(sig) = p384::ecdsa::Signature::from_der(sig) else {
+                    return false;
+                };
+                let digest = sha2::Sha256::digest(msg);
+                key.verify_prehash(&digest, &sig).is_ok()
+            }
+            Alternative::Ed25519ph(key) => {
+                use sha2::Digest as _;
+                let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+                    return false;
+                };
+                let prehash = sha2::Sha512::new().chain_update(msg);
+                key.verify_prehashed(prehash, None, &sig).is_ok()
+            }
         }
     }
 }
@@ -126,6 +165,7 @@ pub struct PublicKey {
     algorithm: Algorithm,
     spki_der: Vec<u8>,
     key: CosignVerificationKey,
+    alternative: Alternative,
 }
 
 impl fmt::Debug for PublicKey {
@@ -189,11 +229,29 @@ impl PublicKey {
         if !consistent {
             return Err(malformed("key type is ambiguous"));
         }
+        let alternative = match algorithm {
+            Algorithm::EcdsaP384 => Alternative::P384Sha256(
+                p384::ecdsa::VerifyingKey::from_sec1_bytes(spki.key)
+                    .map_err(|_| malformed("EC public key is not a point on P-384"))?,
+            ),
+            Algorithm::Ed25519 => {
+                let bytes: &[u8; 32] = spki
+                    .key
+                    .try_into()
+                    .map_err(|_| malformed("Ed25519 public key is not 32 bytes"))?;
+                Alternative::Ed25519ph(
+                    ed25519_dalek::VerifyingKey::from_bytes(bytes)
+                        .map_err(|_| malformed("Ed25519 public key is not a curve point"))?,
+                )
+            }
+            _ => Alternative::None,
+        };
         Ok(PublicKey {
             name: name.to_owned(),
             algorithm,
             spki_der: der.to_vec(),
             key,
+            alternative,
         })
     }
 
@@ -212,9 +270,12 @@ impl PublicKey {
         &self.spki_der
     }
 
-    /// Whether `sig` (raw bytes, ASN.1 DER for ECDSA) is this key's signature over `msg`.
+    /// Whether `sig` (raw bytes, ASN.1 DER for ECDSA) is this key's signature over `msg`: with
+    /// the key's own scheme, or for P-384 also over a SHA-256 digest, for Ed25519 also as
+    /// Ed25519ph (what cosign signs with for these keys).
     pub(crate) fn verifies(&self, sig: &[u8], msg: &[u8]) -> bool {
         self.key.verify_signature(Signature::Raw(sig), msg).is_ok()
+            || self.alternative.verifies(sig, msg)
     }
 }
 
@@ -588,15 +649,55 @@ pub(crate) mod tests {
     }
 
     const EC_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P384_OID: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519_OID: &[u8] = &[0x2b, 0x65, 0x70];
+
+    /// A P-384 key (from a fixed scalar byte) that signs the way older cosign and
+    /// `--signature-digest-algorithm sha256` do: ECDSA over SHA-256, DER. Returns the key's PEM.
+    pub(crate) fn p384_sha256_signer(seed: u8) -> (p384::ecdsa::SigningKey, String) {
+        let key = p384::ecdsa::SigningKey::from_slice(&[seed; 48]).expect("P-384 scalar");
+        let point = key.verifying_key().to_encoded_point(false);
+        (key, spki_pem(EC_OID, Some(P384_OID), point.as_bytes()))
+    }
+
+    /// ECDSA P-384 signature over the SHA-256 digest of `msg`, ASN.1 DER.
+    pub(crate) fn p384_sha256_sign(key: &p384::ecdsa::SigningKey, msg: &[u8]) -> Vec<u8> {
+        use p384::ecdsa::signature::hazmat::PrehashSigner as _;
+        use sha2::Digest as _;
+        let sig: p384::ecdsa::Signature = key
+            .sign_prehash(&sha2::Sha256::digest(msg))
+            .expect("sign prehash");
+        sig.to_der().as_bytes().to_vec()
+    }
+
+    /// An Ed25519 key (from a fixed seed byte) and its PEM.
+    pub(crate) fn ed25519_signer(seed: u8) -> (ed25519_dalek::SigningKey, String) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let pem = spki_pem(ED25519_OID, None, key.verifying_key().as_bytes());
+        (key, pem)
+    }
+
+    /// Ed25519ph signature over `msg` with an empty context, as cosign (Go's
+    /// `ed25519.Options{Hash: crypto.SHA512}`) makes by default for Ed25519 keys.
+    pub(crate) fn ed25519ph_sign(key: &ed25519_dalek::SigningKey, msg: &[u8]) -> Vec<u8> {
+        use sha2::Digest as _;
+        key.sign_prehashed(sha2::Sha512::new().chain_update(msg), None)
+            .expect("sign prehashed")
+            .to_bytes()
+            .to_vec()
+    }
 
     /// Keys made by sigstore's own generator load, for every supported algorithm.
     #[test]
     fn loads_generated_keys() {
         for (scheme, algo) in [
             (SigningScheme::ECDSA_P256_SHA256_ASN1, "ECDSA P-256/SHA-256"),
-            (SigningScheme::ECDSA_P384_SHA384_ASN1, "ECDSA P-384/SHA-384"),
+            (
+                SigningScheme::ECDSA_P384_SHA384_ASN1,
+                "ECDSA P-384/SHA-384 or SHA-256",
+            ),
             (SigningScheme::ECDSA_P521_SHA512_ASN1, "ECDSA P-521/SHA-512"),
-            (SigningScheme::ED25519, "Ed25519"),
+            (SigningScheme::ED25519, "Ed25519 or Ed25519ph"),
         ] {
             let (_, pem) = signer(scheme);
             let key = PublicKey::from_pem("k", pem.as_bytes()).expect("load");
@@ -641,6 +742,12 @@ pub(crate) mod tests {
             let err = PublicKey::from_pem("g", input).unwrap_err();
             assert!(matches!(err, KeyError::NotPem { .. }), "{input:?}: {err}");
         }
+        let mismatched = "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let err = PublicKey::from_pem("g", mismatched.as_bytes()).unwrap_err();
+        assert!(matches!(err, KeyError::NotPem { .. }), "{err}");
+        let not_base64 = "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n";
+        let err = PublicKey::from_pem("g", not_base64.as_bytes()).unwrap_err();
+        assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
         let broken = pem_encode("PUBLIC KEY", &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]);
         let err = PublicKey::from_pem("g", broken.as_bytes()).unwrap_err();
         assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
@@ -731,5 +838,86 @@ pub(crate) mod tests {
         );
         assert_eq!(der::oid_string(&[0x2a, 0x86]), None);
         assert_eq!(der::oid_string(&[0xff; 20]), None);
+    }
+
+    /// P-384 keys also verify ECDSA over SHA-256 (cosign's `verify --key` default), and still
+    /// refuse a wrong message, a wrong key and malformed signatures.
+    #[test]
+    fn p384_sha256_signatures() {
+        let (signer, pem) = p384_sha256_signer(7);
+        let key = PublicKey::from_pem("p384", pem.as_bytes()).expect("load");
+        assert_eq!(key.algorithm(), "ECDSA P-384/SHA-384 or SHA-256");
+        let msg = b"cosign payload";
+        let sig = p384_sha256_sign(&signer, msg);
+        assert!(key.verifies(&sig, msg));
+        assert!(!key.verifies(&sig, b"cosign payloaD"));
+        let (other, other_pem) = p384_sha256_signer(9);
+        let other_key = PublicKey::from_pem("other", other_pem.as_bytes()).unwrap();
+        assert!(!other_key.verifies(&sig, msg));
+        assert!(!key.verifies(&p384_sha256_sign(&other, msg), msg));
+        // A SHA-384 prehash is the sigstore path; a SHA-512 one is neither scheme.
+        use p384::ecdsa::signature::hazmat::PrehashSigner as _;
+        use sha2::Digest as _;
+        let sha384: p384::ecdsa::Signature =
+            signer.sign_prehash(&sha2::Sha384::digest(msg)).unwrap();
+        assert!(key.verifies(sha384.to_der().as_bytes(), msg));
+        let sha512: p384::ecdsa::Signature =
+            signer.sign_prehash(&sha2::Sha512::digest(msg)).unwrap();
+        assert!(!key.verifies(sha512.to_der().as_bytes(), msg));
+        // Raw r||s, truncated, empty and trailing-garbage signatures: refused, no panic.
+        let fixed: p384::ecdsa::Signature = p384::ecdsa::Signature::from_der(&sig).unwrap();
+        assert!(!key.verifies(&fixed.to_bytes(), msg));
+        assert!(!key.verifies(&sig[..sig.len() - 1], msg));
+        assert!(!key.verifies(&[], msg));
+        let mut trailing = sig.clone();
+        trailing.push(0);
+        assert!(!key.verifies(&trailing, msg));
+        // An Ed25519ph-shaped signature is not accepted by an ECDSA key.
+        let (ed, _) = ed25519_signer(1);
+        assert!(!key.verifies(&ed25519ph_sign(&ed, msg), msg));
+    }
+
+    /// Ed25519 keys also verify Ed25519ph (SHA-512, empty context), cosign's default for
+    /// them; pure Ed25519 still verifies; wrong message, key or context do not.
+    #[test]
+    fn ed25519ph_signatures() {
+        use ed25519_dalek::Signer as _;
+        use sha2::Digest as _;
+        let (signer, pem) = ed25519_signer(3);
+        let key = PublicKey::from_pem("ed", pem.as_bytes()).expect("load");
+        assert_eq!(key.algorithm(), "Ed25519 or Ed25519ph");
+        let msg = b"cosign payload";
+        let sig = ed25519ph_sign(&signer, msg);
+        assert!(key.verifies(&sig, msg));
+        assert!(key.verifies(&signer.sign(msg).to_bytes(), msg));
+        assert!(!key.verifies(&sig, b"cosign payloaD"));
+        let (other, other_pem) = ed25519_signer(4);
+        let other_key = PublicKey::from_pem("other", other_pem.as_bytes()).unwrap();
+        assert!(!other_key.verifies(&sig, msg));
+        assert!(!key.verifies(&ed25519ph_sign(&other, msg), msg));
+        let with_context = signer
+            .sign_prehashed(sha2::Sha512::new().chain_update(msg), Some(b"ctx"))
+            .unwrap();
+        assert!(!key.verifies(&with_context.to_bytes(), msg));
+        assert!(!key.verifies(&sig[..63], msg));
+        assert!(!key.verifies(&[], msg));
+        assert!(!key.verifies(&[0xff; 64], msg));
+    }
+
+    /// Keys whose bytes are not a point of their curve are refused at load time.
+    #[test]
+    fn off_curve_points_are_malformed() {
+        let mut point = vec![0x04];
+        point.extend([0u8; 96]);
+        let p384 = spki_pem(EC_OID, Some(P384_OID), &point);
+        let err = PublicKey::from_pem("p", p384.as_bytes()).unwrap_err();
+        assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
+        let bad = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+            .expect("some byte pattern is not an Ed25519 point");
+        let ed = spki_pem(ED25519_OID, None, &bad);
+        let err = PublicKey::from_pem("e", ed.as_bytes()).unwrap_err();
+        assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
     }
 }

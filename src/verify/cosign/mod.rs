@@ -420,6 +420,57 @@ mod tests {
         }
     }
 
+    /// What current cosign signs that sigstore 0.15 alone cannot check: P-384 over SHA-256 and
+    /// Ed25519ph. Both verify through verify_layer (also with a Rekor bundle); another key's
+    /// signature, a tampered payload and a corrupted signature do not.
+    #[test]
+    fn p384_sha256_and_ed25519ph_verify() {
+        use super::keys::tests::{
+            ed25519_signer, ed25519ph_sign, p384_sha256_sign, p384_sha256_signer,
+        };
+        let p = payload(REPO, DIGEST);
+        let tampered = payload("registry.example.com/other", DIGEST);
+        let (p384, p384_pem) = p384_sha256_signer(11);
+        let (p384_other, _) = p384_sha256_signer(12);
+        let (ed, ed_pem) = ed25519_signer(13);
+        let (ed_other, _) = ed25519_signer(14);
+        let cases = [
+            (
+                p384_pem,
+                p384_sha256_sign(&p384, &p),
+                p384_sha256_sign(&p384_other, &p),
+                p384_sha256_sign(&p384, &tampered),
+            ),
+            (
+                ed_pem,
+                ed25519ph_sign(&ed, &p),
+                ed25519ph_sign(&ed_other, &p),
+                ed25519ph_sign(&ed, &tampered),
+            ),
+        ];
+        let log = FakeLog::new();
+        for (pem, good, other_key, other_payload) in cases {
+            let key = PublicKey::from_pem("release", pem.as_bytes()).unwrap();
+            let ok = verify_default(&layer(&p, &good), &key)
+                .unwrap_or_else(|e| panic!("{}: {e}", key.algorithm()));
+            assert_eq!(ok.key, "release");
+            let mut l = layer(&p, &good);
+            l.annotations
+                .insert(BUNDLE_ANNOTATION.into(), log.bundle(&p, &good, &pem));
+            let v = verify(&l, &key, REPO, IdentityMatch::Repository, Some(&log.keys()))
+                .unwrap_or_else(|e| panic!("{} with bundle: {e}", key.algorithm()));
+            assert!(v.tlog);
+            let mut corrupted = good.clone();
+            if let Some(last) = corrupted.last_mut() {
+                *last ^= 1;
+            }
+            for bad in [other_key, other_payload, corrupted] {
+                let err = verify_default(&layer(&p, &bad), &key).unwrap_err();
+                assert!(matches!(err, Failure::BadSignature { .. }), "{err}");
+            }
+        }
+    }
+
     /// RSA-PSS signatures are not what cosign makes for RSA keys, and do not verify.
     #[test]
     fn rsa_pss_is_not_accepted() {
