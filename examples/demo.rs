@@ -3,7 +3,8 @@
 //! Run it with `scripts/demo.sh` (as root), which installs the packages and builds first.
 //!
 //! Every capability cri-guard gains shows up here: so far the transparent proxy, and signature
-//! verification of pulls against a policy.
+//! verification of pulls against a policy, and of container creation from images already on the
+//! node.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -76,16 +77,29 @@ impl Guard {
     }
 
     fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait().expect("wait cri-guard");
+        let status = self.terminate();
         println!(
             "\n-- cri-guard's log --\n{}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
         status
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait cri-guard")
+    }
+}
+
+impl Drop for Guard {
+    /// If the demo fails half-way, cri-guard must not outlive it.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.terminate();
+        }
     }
 }
 
@@ -116,17 +130,18 @@ async fn main() {
     ok(format!(
         "pushed {image} and signed it with the release key (cosign format, at demo/app:sha256-<hex>.sig)"
     ));
-    let (unsigned, _) = bed.registry.push("demo/unsigned", "v1", None);
+    let (unsigned, _) = bed.registry.push("demo/unsigned", "v1", Some("unsigned"));
     ok(format!("pushed {unsigned}, not signed"));
-    let (forged, forged_digest) = bed.registry.push("demo/forged", "v1", None);
+    let (forged, forged_digest) = bed.registry.push("demo/forged", "v1", Some("forged"));
     sign::sign_image(&reg, None, "demo/forged", &forged_digest, &TestKey::p256());
     ok(format!("pushed {forged}, signed with some other key"));
     let policy = bed.dir.path().join("policy.toml");
     std::fs::write(
         &policy,
         format!(
-            "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"demo\"\nimageReferences = [\"{reg}/demo/*\"]\nmode = \"enforce\"\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
+            "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\n[[rules]]\nname = \"demo\"\nimageReferences = [\"{reg}/demo/*\"]\nmode = \"enforce\"\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
             bed.containerd.certs_dir().display(),
+            bed.pause_image,
             key_path.display()
         ),
     )
@@ -266,7 +281,51 @@ async fn main() {
         println!("     {line}");
     }
 
-    step("5. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
+    step("5. Images already on the node are checked when a container is created");
+    let direct = bed.containerd_socket();
+    let sneaked = cri::image_client(&direct)
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: unsigned.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .expect("direct pull")
+        .into_inner()
+        .image_ref;
+    ok(format!(
+        "pulled {unsigned} straight from containerd's socket, bypassing cri-guard -> {sneaked}"
+    ));
+    let mut sneaky = support::container_config("sneaky", &sneaked, &["/bin/sleep", "3600"]);
+    sneaky.image.as_mut().expect("image").user_specified_image = unsigned.clone();
+    let refused = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(sneaky),
+            sandbox_config: Some(support::sandbox_config(&name, "default")),
+        })
+        .await
+        .expect_err("must be denied");
+    ok(format!(
+        "CreateContainer from it through cri-guard -> {:?}: {}",
+        refused.code(),
+        refused.message()
+    ));
+    let count = cri::runtime_client(&direct)
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .len();
+    ok(format!(
+        "containerd has {count} container(s): only the signed app's"
+    ));
+
+    step("6. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
     let alpha = cri::channel(&socket);
     let mut grpc = tonic::client::Grpc::new(alpha);
     grpc.ready().await.expect("ready");
@@ -288,7 +347,7 @@ async fn main() {
         Ok(_) => panic!("runtime.v1alpha2 must be refused"),
     }
 
-    step("6. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
+    step("7. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
     tokio::task::block_in_place(|| bed.containerd.kill());
     let err = rt
         .version(cri::VersionRequest::default())
@@ -310,7 +369,7 @@ async fn main() {
         v.runtime_name, v.runtime_version
     ));
 
-    step("7. Clean up through cri-guard, then SIGTERM it");
+    step("8. Clean up through cri-guard, then SIGTERM it");
     let _ = rt
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: sandbox_id.clone(),
