@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::grpc::{self, Code, Status};
 use super::intercept::{self, BoxFuture, Call, Guard, Verdict};
 use super::relay::{self, Body};
+use super::socket;
 use crate::cri;
 
 /// How long a draining connection with no calls in flight stays open.
@@ -46,7 +47,7 @@ pub(crate) struct Shared {
 
 struct Upstream {
     send: SendRequest<Bytes>,
-    conn: h2::client::Connection<UnixStream, Bytes>,
+    conn: h2::client::Connection<socket::Socket, Bytes>,
 }
 
 /// How a call is handled, from its path alone.
@@ -96,6 +97,10 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let io = match socket::Socket::new(io) {
+        Ok(s) => s,
+        Err(e) => return debug!(error = %e, "cannot set up the downstream socket"),
+    };
     let mut server = match h2::server::Builder::new().handshake::<_, Bytes>(io).await {
         Ok(s) => s,
         Err(e) => return debug!(error = %e, "downstream handshake failed"),
@@ -157,6 +162,7 @@ async fn connect(shared: &Shared) -> Result<Upstream, Status> {
         .await
         .map_err(|_| fail(&"connect timed out"))?
         .map_err(|e| fail(&e))?;
+    let io = socket::Socket::new(io).map_err(|e| fail(&e))?;
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(1 << 20)
         .initial_connection_window_size(2 << 20)

@@ -9,6 +9,7 @@ mod conn;
 pub mod grpc;
 pub mod intercept;
 mod relay;
+mod socket;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -320,16 +320,18 @@ pub fn repository_of(r: &Reference) -> String {
     format!("{}/{}", r.registry(), r.repository())
 }
 
-/// Glob match: `*` any run of characters, `?` exactly one; everything else literal.
+/// Glob match: `*` any run of characters, `?` exactly one; everything else literal. Works on
+/// bytes (image references and namespaces are ASCII; a non-ASCII character is several bytes,
+/// which `*` spans and literal bytes compare exactly). No allocation: this runs on every call.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -340,7 +342,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 const TOP_KEYS: &[&str] = &[
