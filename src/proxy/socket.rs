@@ -54,7 +54,7 @@ impl AsyncRead for Socket {
             let mut guard = ready!(self.read.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             let len = unfilled.len();
-            match guard.try_io(|fd| (&*fd.get_ref()).read(unfilled)) {
+            match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
                     // A short read drained the socket: wait for the next edge instead of paying
                     // a read syscall just to hear EAGAIN (tokio's streams do the same; its
@@ -80,7 +80,7 @@ impl AsyncWrite for Socket {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            match (&*self.read.get_ref()).write(data) {
+            match self.read.get_ref().write(data) {
                 Ok(n) => {
                     self.write_wait = None;
                     return Poll::Ready(Ok(n));
