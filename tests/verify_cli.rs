@@ -1,6 +1,8 @@
 //! Verification through the real `cri-guard` binary: a private registry's credentials (I6),
 //! `cri-guard verify`, and policy validation by `check-config`.
 
+mod fakes;
+mod guarded;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use cri_guard::cri;
+use guarded::{in_store, pull_via};
 use support::sign::{self, TestKey};
 use support::{Registry, TestBed};
 
@@ -45,43 +48,6 @@ fn serve(bed: &TestBed, policy: &Path, log: &Path, level: &str) -> (Serving, Pat
         std::thread::sleep(Duration::from_millis(5));
     }
     (Serving(child), socket)
-}
-
-async fn pull(
-    socket: &Path,
-    image: &str,
-    auth: Option<cri::AuthConfig>,
-) -> Result<String, tonic::Status> {
-    cri::image_client(socket)
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            auth,
-            sandbox_config: Some(support::sandbox_config(
-                &support::unique_name("p"),
-                "default",
-            )),
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
-}
-
-async fn in_store(socket: &Path, image: &str) -> bool {
-    cri::image_client(socket)
-        .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .is_some()
 }
 
 fn policy_for(bed: &TestBed, registry: &str, key: &Path) -> PathBuf {
@@ -123,7 +89,7 @@ async fn private_registry_credentials_used_never_logged() {
     let log = bed.dir.path().join("guard.log");
     let (serving, socket) = serve(&bed, &policy, &log, "trace");
 
-    let denied = pull(&socket, &image, None)
+    let denied = pull_via(&socket, &image, "default", None)
         .await
         .expect_err("no credentials: denied");
     assert_eq!(denied.code(), tonic::Code::Unknown);
@@ -139,7 +105,7 @@ async fn private_registry_credentials_used_never_logged() {
         password: PASSWORD.into(),
         ..Default::default()
     };
-    pull(&socket, &image, Some(auth))
+    pull_via(&socket, &image, "default", Some(auth))
         .await
         .expect("credentials given: allowed");
     assert!(in_store(&bed.containerd_socket(), &image).await);
