@@ -534,10 +534,9 @@ impl Verifier {
         pulled: cri::PullImageResponse,
     ) -> Result<(), Status> {
         let image = reference.whole();
-        let Some(upstream) = self.upstream.clone() else {
+        let Some(mut client) = self.runtime() else {
             return Ok(());
         };
-        let mut client = cri::image_client(&upstream);
         let spec = Some(cri::ImageSpec {
             image: pulled.image_ref.clone(),
             ..Default::default()
