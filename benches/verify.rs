@@ -808,7 +808,7 @@ async fn cold(plan: &Plan, env: &Env) {
     let mut cpu = Vec::new();
     for i in 0..(if plan.quick { 200 } else { 2000 }) {
         let t = Instant::now();
-        let r = cosign::verify_layer(&layer, &rule.attestors[0].key, &expected, None);
+        let r = cosign::verify_layer(&layer, &rule.attestors[0].authority, &expected, None);
         let ns = t.elapsed().as_nanos() as u64;
         if i == 0 && r.is_err() {
             println!("  verify_layer failed: {r:?}");

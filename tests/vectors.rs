@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use cri_guard::verify::cosign::{
-    BUNDLE_ANNOTATION, Expected, IdentityMatch, PublicKey, RekorKeys, SIGNATURE_ANNOTATION,
-    SIMPLE_SIGNING_MEDIA_TYPE, SigLayer, verify_layer,
+    Authority, BUNDLE_ANNOTATION, Expected, IdentityMatch, PublicKey, RekorKeys,
+    SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SigLayer, verify_layer,
 };
 use oci_client::Reference;
 use serde_json::Value;
@@ -216,7 +216,7 @@ fn cosign_vectors() {
         let mut failures = Vec::new();
         for file in key_files(case) {
             let key = PublicKey::from_pem(&file, &read(&dir, &file)).expect("key");
-            match verify_layer(&layer, &key, &expect, rekor.as_ref()) {
+            match verify_layer(&layer, &Authority::Key(key), &expect, rekor.as_ref()) {
                 Ok(v) => {
                     assert_eq!(v.tlog, rekor.is_some(), "{name}: tlog flag");
                     verified.get_or_insert(v);
@@ -322,7 +322,7 @@ fn certificate_vectors_leaf_key() {
             .expect("reference");
         let got = verify_layer(
             &layer,
-            &key,
+            &Authority::Key(key.clone()),
             &Expected {
                 digest: &digest,
                 reference: &reference,

@@ -698,7 +698,12 @@ async fn verify_signatures(
     for attestor in &rule.attestors {
         let mut ok = false;
         for layer in &layers {
-            match cosign::verify_layer(layer, &attestor.key, &expected, attestor.rekor.as_ref()) {
+            match cosign::verify_layer(
+                layer,
+                &attestor.authority,
+                &expected,
+                attestor.rekor.as_ref(),
+            ) {
                 Ok(_) => {
                     ok = true;
                     break;

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use oci_client::Reference;
 
-use super::cosign::{IdentityMatch, PublicKey, RekorKeys};
+use super::cosign::{Authority, IdentityMatch, PublicKey, RekorKeys};
 use crate::config::{ConfigErrors, parse_duration, parse_size};
 use crate::registry::Auth;
 
@@ -87,7 +87,8 @@ impl Mode {
 #[derive(Debug)]
 pub struct Attestor {
     pub name: String,
-    pub key: PublicKey,
+    /// The key, or the CA and identity, a signature must come from.
+    pub authority: Authority,
     /// When set, the signature must come with a Rekor bundle verified against these keys.
     pub rekor: Option<RekorKeys>,
 }
@@ -639,7 +640,11 @@ impl Parser<'_> {
                 }
             }
         };
-        Some(Attestor { name, key, rekor })
+        Some(Attestor {
+            name,
+            authority: Authority::Key(key),
+            rekor,
+        })
     }
 
     fn identity(&mut self, at: &str, v: &toml::Value) -> IdentityMatch {

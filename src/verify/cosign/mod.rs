@@ -22,6 +22,7 @@
 mod identity;
 mod keys;
 mod rekor;
+mod x509;
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,27 @@ use serde::de::IgnoredAny;
 pub use identity::IdentityMatch;
 pub use keys::{KeyError, PublicKey};
 pub use rekor::RekorKeys;
+pub use x509::{CertAuthority, CertIdentity, LeafSummary, Matcher, pem_certificates};
+
+/// Who may have signed: a public key, or certificates issued by a CA (keyless/Fulcio or your
+/// own PKI) to a given identity.
+#[derive(Debug, Clone)]
+pub enum Authority {
+    /// A public key (`cosign sign --key`).
+    Key(PublicKey),
+    /// A certificate chaining to this authority, for this identity.
+    Certificates(CertAuthority),
+}
+
+impl Authority {
+    /// The operator's name for this signer.
+    pub fn name(&self) -> &str {
+        match self {
+            Authority::Key(k) => k.name(),
+            Authority::Certificates(c) => &c.name,
+        }
+    }
+}
 
 /// Media type of a cosign simple-signing signature layer; other layers never count.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -79,6 +101,12 @@ pub struct Verified {
 /// failure across many layers and keys.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
+    /// A signing certificate is missing, malformed, untrusted or for another identity.
+    #[error("certificate: {reason}")]
+    Certificate {
+        /// What is wrong, naming the certificate field or chain step.
+        reason: String,
+    },
     /// The layer is some other attachment, not a signature.
     #[error("layer media type {media_type} is not a cosign simple-signing signature")]
     NotSimpleSigning {
@@ -180,7 +208,7 @@ impl Failure {
         match self {
             Failure::NotSimpleSigning { .. } => 0,
             Failure::NoSignature | Failure::SignatureNotBase64 => 1,
-            Failure::BadSignature { .. } => 2,
+            Failure::BadSignature { .. } | Failure::Certificate { .. } => 2,
             Failure::NoBundle
             | Failure::BundleMalformed { .. }
             | Failure::UntrustedLog { .. }
@@ -230,7 +258,7 @@ struct Image {
 /// sha256, this signature and this public key. With `None` the bundle is ignored.
 pub fn verify_layer(
     layer: &SigLayer,
-    key: &PublicKey,
+    authority: &Authority,
     expected: &Expected<'_>,
     rekor: Option<&RekorKeys>,
 ) -> Result<Verified, Failure> {
@@ -245,6 +273,14 @@ pub fn verify_layer(
         .filter(|s| !s.is_empty())
         .ok_or(Failure::NoSignature)?;
     let signature = decode_base64(signature).ok_or(Failure::SignatureNotBase64)?;
+    let key = match authority {
+        Authority::Key(key) => key,
+        Authority::Certificates(_) => {
+            return Err(Failure::Certificate {
+                reason: "certificate verification is not built yet".into(),
+            });
+        }
+    };
     if !key.verifies(&signature, &layer.payload) {
         return Err(Failure::BadSignature {
             key: key.name().to_owned(),
@@ -377,7 +413,7 @@ mod tests {
         let reference: Reference = image.parse().unwrap();
         verify_layer(
             layer,
-            key,
+            &Authority::Key(key.clone()),
             &Expected {
                 digest: DIGEST,
                 reference: &reference,
