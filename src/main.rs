@@ -220,6 +220,18 @@ fn verify(args: &VerifyArgs) -> ExitCode {
                 d.mode.as_str(),
                 d.reason()
             );
+            for f in d.attestations() {
+                println!(
+                    "  attestation {}: {} ({})",
+                    f.predicate_type,
+                    if f.accepted {
+                        "accepted"
+                    } else {
+                        "not counted"
+                    },
+                    f.detail
+                );
+            }
             if !d.allowed {
                 denied += 1;
             }

@@ -16,6 +16,7 @@
 //!
 //! [`Verifier::check_image`] is the same decision without a runtime (`cri-guard verify`).
 
+mod attestations;
 pub mod cache;
 pub mod cosign;
 pub mod policy;
@@ -44,8 +45,13 @@ const MAX_SIGNATURE_LAYERS: usize = 64;
 /// The result of verifying one digest under one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Signed by these attestors (at least the rule's `count`).
-    Verified { attestors: Vec<String> },
+    /// Signed by these attestors (at least the rule's `count`), with every required
+    /// attestation.
+    Verified {
+        attestors: Vec<String>,
+        /// The attestations found and what became of each (empty without required ones).
+        attestations: Vec<Finding>,
+    },
     /// Not verified, and why.
     Denied(Denial),
 }
@@ -56,6 +62,19 @@ pub struct Denial {
     /// The registry could not be reached (the kubelet's `RegistryUnavailable`).
     pub unavailable: bool,
     pub reason: String,
+    /// The attestations found and what became of each, when attestations were checked.
+    pub attestations: Vec<Finding>,
+}
+
+/// One attestation found for an image (a layer of its `.att` manifest) and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The statement's predicate type once verified; before that, what the layer claims.
+    pub predicate_type: String,
+    /// Whether it satisfied a requirement of the rule.
+    pub accepted: bool,
+    /// Who signed it and the conditions met, or why it does not count.
+    pub detail: String,
 }
 
 impl Denial {
@@ -63,6 +82,7 @@ impl Denial {
         Denial {
             unavailable: false,
             reason: reason.into(),
+            attestations: Vec::new(),
         }
     }
 
@@ -70,6 +90,7 @@ impl Denial {
         Denial {
             unavailable: e.is_unavailable(),
             reason: format!("{what}: {e}"),
+            attestations: Vec::new(),
         }
     }
 
@@ -103,11 +124,39 @@ impl Decision {
     pub fn reason(&self) -> String {
         match (&self.outcome, self.mode) {
             (_, Mode::Skip) => format!("rule {:?} skips verification", self.rule),
-            (Some(Outcome::Verified { attestors }), _) => {
-                format!("signed by {}", attestors.join(", "))
+            (
+                Some(Outcome::Verified {
+                    attestors,
+                    attestations,
+                }),
+                _,
+            ) => {
+                let accepted: Vec<&str> = attestations
+                    .iter()
+                    .filter(|f| f.accepted)
+                    .map(|f| f.predicate_type.as_str())
+                    .collect();
+                if accepted.is_empty() {
+                    format!("signed by {}", attestors.join(", "))
+                } else {
+                    format!(
+                        "signed by {}; attested: {}",
+                        attestors.join(", "),
+                        accepted.join(", ")
+                    )
+                }
             }
             (Some(Outcome::Denied(d)), _) => d.reason.clone(),
             (None, _) => "no decision".into(),
+        }
+    }
+
+    /// The attestations found for the image and what became of each (for `cri-guard verify`).
+    pub fn attestations(&self) -> &[Finding] {
+        match &self.outcome {
+            Some(Outcome::Verified { attestations, .. }) => attestations,
+            Some(Outcome::Denied(d)) => &d.attestations,
+            None => &[],
         }
     }
 }
@@ -253,6 +302,7 @@ impl Verifier {
                 reason: format!(
                     "verification did not finish within {timeout:?} (fetch.verifyTimeout)"
                 ),
+                attestations: Vec::new(),
             }));
         }
         d.allowed = matches!(d.outcome, Some(Outcome::Verified { .. })) || d.mode == Mode::Audit;
@@ -351,7 +401,7 @@ impl Verifier {
             .decisions
             .get_or_fill(
                 key,
-                || verify_signatures(state, reference, rule, digest, auth),
+                || verify_image(state, reference, rule, digest, auth),
                 |o| {
                     if matches!(o, Outcome::Verified { .. }) {
                         ttl
@@ -613,75 +663,133 @@ struct OciDescriptor {
     annotations: BTreeMap<String, String>,
 }
 
-/// Fetches the cosign signatures of `digest` and checks them against the rule's attestors.
-async fn verify_signatures(
+/// One cosign attachment of an image (`sha256-<hex>.sig` or `.att`): the layers of the wanted
+/// media type, and a description of what else was there.
+struct Attached {
+    /// `registry/repository:tag`, for messages.
+    place: String,
+    layers: Vec<SigLayer>,
+    skipped: Vec<String>,
+}
+
+/// Fetches the attachment at `tag` of `repo`: `Ok(None)` when there is none. Layers of other
+/// media types or over `max` bytes are skipped (and described), never fetched.
+async fn fetch_attached(
     state: &State,
-    reference: &Reference,
-    rule: &Rule,
-    digest: &str,
+    repo: &Reference,
+    tag: &str,
+    media_type: &str,
+    max: usize,
     auth: &Auth,
-) -> Outcome {
-    let sig_repo = rule
-        .signatures_repository
-        .clone()
-        .unwrap_or_else(|| reference.clone());
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    let where_ = format!("{}/{}:{tag}", sig_repo.registry(), sig_repo.repository());
-    let manifest = match state.registry.manifest_at(&sig_repo, &tag, auth).await {
+) -> Result<Option<Attached>, Denial> {
+    let place = format!("{}/{}:{tag}", repo.registry(), repo.repository());
+    let manifest = match state.registry.manifest_at(repo, tag, auth).await {
         Ok(Some(m)) => m,
-        Ok(None) => {
-            return Outcome::Denied(Denial::new(format!(
-                "no signature found (nothing at {where_})"
-            )));
-        }
-        Err(e) => {
-            return Outcome::Denied(Denial::registry(&e, "cannot fetch the signature manifest"));
-        }
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Denial::registry(&e, &format!("cannot fetch {place}"))),
     };
-    let parsed: OciManifest = match serde_json::from_slice(&manifest.body) {
-        Ok(m) => m,
-        Err(e) => {
-            return Outcome::Denied(Denial::new(format!(
-                "the signature manifest at {where_} is malformed: {e}"
-            )));
-        }
-    };
+    let parsed: OciManifest = serde_json::from_slice(&manifest.body)
+        .map_err(|e| Denial::new(format!("the manifest at {place} is malformed: {e}")))?;
     if parsed.layers.len() > MAX_SIGNATURE_LAYERS {
-        return Outcome::Denied(Denial::new(format!(
-            "the signature manifest at {where_} has {} layers (limit {MAX_SIGNATURE_LAYERS})",
+        return Err(Denial::new(format!(
+            "the manifest at {place} has {} layers (limit {MAX_SIGNATURE_LAYERS})",
             parsed.layers.len()
         )));
     }
-    let max = state.policy.fetch.max_signature_size;
     let mut layers = Vec::new();
-    let mut failures: Vec<cosign::Failure> = Vec::new();
     let mut skipped = Vec::new();
     for l in &parsed.layers {
-        if l.media_type != SIMPLESIGNING {
+        if l.media_type != media_type {
             skipped.push(l.media_type.clone());
             continue;
         }
         if l.size < 0 || l.size as usize > max {
-            skipped.push(format!(
-                "a {}-byte signature layer over the {max}-byte limit",
-                l.size
-            ));
+            skipped.push(format!("a {}-byte layer over the {max}-byte limit", l.size));
             continue;
         }
-        match state.registry.blob(&sig_repo, &l.digest, max, auth).await {
+        match state.registry.blob(repo, &l.digest, max, auth).await {
             Ok(payload) => layers.push(SigLayer {
                 media_type: l.media_type.clone(),
                 payload: payload.to_vec(),
                 annotations: l.annotations.clone(),
             }),
             Err(e) => {
-                return Outcome::Denied(Denial::registry(&e, "cannot fetch a signature layer"));
+                return Err(Denial::registry(
+                    &e,
+                    &format!("cannot fetch a layer of {place}"),
+                ));
             }
         }
     }
+    Ok(Some(Attached {
+        place,
+        layers,
+        skipped,
+    }))
+}
+
+/// The tag cosign attaches `suffix` (`sig`, `att`) of `digest` under.
+fn attachment_tag(digest: &str, suffix: &str) -> String {
+    format!("{}.{suffix}", digest.replace(':', "-"))
+}
+
+/// Verifies `digest` under `rule`: its signatures, then the attestations the rule requires.
+async fn verify_image(
+    state: &State,
+    reference: &Reference,
+    rule: &Rule,
+    digest: &str,
+    auth: &Auth,
+) -> Outcome {
+    let attestors = match verify_signatures(state, reference, rule, digest, auth).await {
+        Ok(a) => a,
+        Err(denial) => return Outcome::Denied(denial),
+    };
+    if rule.attestations.is_empty() {
+        return Outcome::Verified {
+            attestors,
+            attestations: Vec::new(),
+        };
+    }
+    match attestations::verify(state, reference, rule, digest, auth).await {
+        Ok(findings) => Outcome::Verified {
+            attestors,
+            attestations: findings,
+        },
+        Err(denial) => Outcome::Denied(denial),
+    }
+}
+
+/// Fetches the cosign signatures of `digest` and checks them against the rule's attestors;
+/// returns who signed.
+async fn verify_signatures(
+    state: &State,
+    reference: &Reference,
+    rule: &Rule,
+    digest: &str,
+    auth: &Auth,
+) -> Result<Vec<String>, Denial> {
+    let sig_repo = rule.signatures_repository.as_ref().unwrap_or(reference);
+    let tag = attachment_tag(digest, "sig");
+    let max = state.policy.fetch.max_signature_size;
+    let attached = match fetch_attached(state, sig_repo, &tag, SIMPLESIGNING, max, auth).await? {
+        Some(a) => a,
+        None => {
+            return Err(Denial::new(format!(
+                "no signature found (nothing at {}/{}:{tag})",
+                sig_repo.registry(),
+                sig_repo.repository()
+            )));
+        }
+    };
+    let Attached {
+        place,
+        layers,
+        skipped,
+    } = attached;
     if layers.is_empty() {
-        return Outcome::Denied(Denial::new(format!(
-            "no cosign signature layer at {where_} (found: {})",
+        return Err(Denial::new(format!(
+            "no cosign signature layer at {place} (found: {})",
             if skipped.is_empty() {
                 "no layers".to_string()
             } else {
@@ -689,6 +797,7 @@ async fn verify_signatures(
             }
         )));
     }
+    let mut failures: Vec<cosign::Failure> = Vec::new();
     let expected = Expected {
         digest,
         reference,
@@ -716,9 +825,7 @@ async fn verify_signatures(
         }
     }
     if signed_by.len() >= rule.count {
-        return Outcome::Verified {
-            attestors: signed_by,
-        };
+        return Ok(signed_by);
     }
     if !signed_by.is_empty() {
         let missing: Vec<&str> = rule
@@ -727,7 +834,7 @@ async fn verify_signatures(
             .map(|a| a.name.as_str())
             .filter(|n| !signed_by.iter().any(|s| s == n))
             .collect();
-        return Outcome::Denied(Denial::new(format!(
+        return Err(Denial::new(format!(
             "signed by {} of the {} required attestors ({}); not signed by {}",
             signed_by.len(),
             rule.count,
@@ -736,7 +843,7 @@ async fn verify_signatures(
         )));
     }
     let best = failures.iter().max_by_key(|f| f.specificity());
-    Outcome::Denied(Denial::new(match best {
+    Err(Denial::new(match best {
         Some(f) => format!("no valid signature: {f}"),
         None => "no valid signature".to_string(),
     }))

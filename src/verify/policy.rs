@@ -32,6 +32,26 @@
 //! # keyData = "-----BEGIN PUBLIC KEY-----..." # or inline
 //! # rekorKey = "/etc/cri-guard/keys/rekor.pub" # require a Rekor bundle checked against this key
 //!
+//! [[rules.attestors]]                # keyless (Fulcio): who signed, and the CA; offline
+//! name = "github-release"
+//! keyless = { issuer = "https://token.actions.githubusercontent.com",
+//!             subjectRegExp = "^https://github.com/org/app/\\.github/workflows/release\\.yml@refs/tags/v",
+//!             trustedRoot = "/etc/cri-guard/trust/trusted_root.json" }  # or roots = "fulcio-chain.pem"
+//! # rekorKey = ".."   # Rekor key(s) when `roots` is used; a Rekor bundle is required, and the
+//! #                   # certificate is checked at the time the log integrated the signature
+//! # ignoreTlog = true # no Rekor: the certificate must be valid now
+//!
+//! [[rules.attestors]]                # bring-your-own PKI: certificates from your CA
+//! name = "corp"
+//! certificates = { roots = "corp-root.pem", intermediates = "corp-ca.pem", subject = "build@corp.example" }
+//!
+//! [[rules.attestations]]             # also require a signed SBOM (`cosign attest --type spdxjson`)
+//! predicateType = "spdxjson"         # cosign's name or a URI
+//! # attestors = ["release"]          # whose signature counts (default: any attestor of the rule)
+//! [[rules.attestations]]
+//! predicateType = "slsaprovenance"
+//! conditions = [{ path = "builder.id", equals = "https://github.com/actions/runner" }]
+//!
 //! [cache]                        # optional
 //! size = 10000                   # verified (repository, digest) decisions kept
 //! ttl = "1h"                     # how long a positive decision is trusted
@@ -43,6 +63,7 @@
 //! verifyTimeout = "30s"          # whole decision; over it, the pull is denied
 //! maxManifestSize = "4MiB"
 //! maxSignatureSize = "1MiB"
+//! maxAttestationSize = "16MiB"   # one attestation layer (an SBOM can be large)
 //! ```
 //!
 //! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
@@ -58,7 +79,11 @@ use std::time::Duration;
 
 use oci_client::Reference;
 
-use super::cosign::{Authority, IdentityMatch, PublicKey, RekorKeys};
+use super::cosign::attest;
+use super::cosign::{
+    Authority, CertAuthority, CertIdentity, IdentityMatch, Matcher, PublicKey, RekorKeys,
+    TrustedRoot,
+};
 use crate::config::{ConfigErrors, parse_duration, parse_size};
 use crate::registry::Auth;
 
@@ -107,6 +132,19 @@ pub struct Rule {
     pub identity: IdentityMatch,
     /// Where signatures live instead of the image's own repository (`registry/repository`).
     pub signatures_repository: Option<Reference>,
+    /// Attestations the image must also have (`sha256-<hex>.att`), each one satisfied.
+    pub attestations: Vec<AttestationRule>,
+}
+
+/// One required attestation: an in-toto statement of this predicate type about the image,
+/// signed by one of `attestors`, whose predicate meets every condition.
+#[derive(Debug)]
+pub struct AttestationRule {
+    /// The predicate type URI (cosign's `--type` names are expanded).
+    pub predicate_type: String,
+    /// Indexes into the rule's `attestors` whose signature counts.
+    pub attestors: Vec<usize>,
+    pub conditions: Vec<attest::Condition>,
 }
 
 /// Per-registry settings.
@@ -132,6 +170,8 @@ pub struct FetchSettings {
     pub verify_timeout: Duration,
     pub max_manifest_size: usize,
     pub max_signature_size: usize,
+    /// Largest attestation layer (a DSSE envelope; SBOMs can be large).
+    pub max_attestation_size: usize,
 }
 
 impl Default for CacheSettings {
@@ -152,6 +192,7 @@ impl Default for FetchSettings {
             verify_timeout: Duration::from_secs(30),
             max_manifest_size: 4 << 20,
             max_signature_size: 1 << 20,
+            max_attestation_size: 16 << 20,
         }
     }
 }
@@ -364,8 +405,17 @@ const RULE_KEYS: &[&str] = &[
     "count",
     "signedIdentity",
     "signaturesRepository",
+    "attestations",
 ];
-const ATTESTOR_KEYS: &[&str] = &["name", "key", "keyData", "rekorKey"];
+const ATTESTOR_KEYS: &[&str] = &[
+    "name",
+    "key",
+    "keyData",
+    "keyless",
+    "certificates",
+    "rekorKey",
+    "ignoreTlog",
+];
 
 struct Parser<'a> {
     problems: Vec<String>,
@@ -568,6 +618,7 @@ impl Parser<'_> {
                 }
             }
         });
+        let attestations = self.attestations(&at, t.get("attestations"), &attestors);
         (self.problems.len() == before).then_some(Rule {
             name,
             image_references,
@@ -577,6 +628,7 @@ impl Parser<'_> {
             count,
             identity,
             signatures_repository,
+            attestations,
         })
     }
 
@@ -591,37 +643,37 @@ impl Parser<'_> {
             return None;
         };
         let at = format!("{at} ({name})");
-        let pem = match (t.get("key"), t.get("keyData")) {
-            (Some(k), None) => {
-                let s = self.string(&format!("{at}: `key`"), k)?;
-                let path = self.path(&s);
-                match std::fs::read(&path) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.problems.push(format!(
-                            "{at}: cannot read key file {}: {e}",
-                            path.display()
-                        ));
-                        return None;
-                    }
+        let kinds: Vec<&str> = ["key", "keyData", "keyless", "certificates"]
+            .into_iter()
+            .filter(|k| t.contains_key(*k))
+            .collect();
+        if kinds.len() != 1 {
+            self.problems.push(format!(
+                "{at}: give exactly one of `key` (a PEM public key file), `keyData` (inline PEM), `keyless` (Fulcio certificates: {{ issuer, subject, roots or trustedRoot }}) or `certificates` (your own CA: {{ roots, subject }}){}",
+                if kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!("; found {}", kinds.join(" and "))
                 }
-            }
-            (None, Some(d)) => self.string(&format!("{at}: `keyData`"), d)?.into_bytes(),
-            _ => {
-                self.problems.push(format!(
-                    "{at}: give exactly one of `key` (a PEM file) or `keyData` (inline PEM)"
-                ));
+            ));
+            return None;
+        }
+        let ignore_tlog = match t.get("ignoreTlog") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.problems
+                    .push(format!("{at}: `ignoreTlog` = {v} must be true or false"));
                 return None;
             }
         };
-        let key = match PublicKey::from_pem(&name, &pem) {
-            Ok(k) => k,
-            Err(e) => {
-                self.problems.push(format!("{at}: {e}"));
-                return None;
-            }
-        };
-        let rekor = match t.get("rekorKey") {
+        if ignore_tlog && t.contains_key("rekorKey") {
+            self.problems.push(format!(
+                "{at}: `rekorKey` and `ignoreTlog = true` contradict each other; remove one"
+            ));
+            return None;
+        }
+        let mut rekor = match t.get("rekorKey") {
             None => None,
             Some(v) => {
                 let s = self.string(&format!("{at}: `rekorKey`"), v)?;
@@ -640,11 +692,284 @@ impl Parser<'_> {
                 }
             }
         };
+        let authority = match kinds[0] {
+            "key" | "keyData" => {
+                let pem = match (t.get("key"), t.get("keyData")) {
+                    (Some(k), _) => {
+                        let s = self.string(&format!("{at}: `key`"), k)?;
+                        self.read_file(&at, "key file", &s)?
+                    }
+                    (_, Some(d)) => self.string(&format!("{at}: `keyData`"), d)?.into_bytes(),
+                    _ => return None,
+                };
+                match PublicKey::from_pem(&name, &pem) {
+                    Ok(k) => Authority::Key(k),
+                    Err(e) => {
+                        self.problems.push(format!("{at}: {e}"));
+                        return None;
+                    }
+                }
+            }
+            kind => {
+                let keyless = kind == "keyless";
+                let key = format!("{at}: `{kind}`");
+                let ct = self.table(&key, &t[kind])?;
+                let (ca, trusted_rekor) = self.cert_authority(&key, &name, ct, keyless)?;
+                if rekor.is_none() && !ignore_tlog {
+                    rekor = trusted_rekor;
+                }
+                if keyless && rekor.is_none() && !ignore_tlog {
+                    self.problems.push(format!(
+                        "{at}: keyless signatures need the transparency log to prove when they were made (Fulcio certificates expire after 10 minutes): set `rekorKey` (the Rekor public key file) or `keyless.trustedRoot`, or set `ignoreTlog = true` to check certificates at the current time instead"
+                    ));
+                    return None;
+                }
+                Authority::Certificates(ca)
+            }
+        };
         Some(Attestor {
             name,
-            authority: Authority::Key(key),
+            authority,
             rekor,
         })
+    }
+
+    /// A `keyless` or `certificates` table: the CA (and, from a trustedRoot, Rekor keys).
+    fn cert_authority(
+        &mut self,
+        at: &str,
+        name: &str,
+        t: &toml::Table,
+        keyless: bool,
+    ) -> Option<(CertAuthority, Option<RekorKeys>)> {
+        let known: &[&str] = if keyless {
+            &[
+                "subject",
+                "subjectRegExp",
+                "issuer",
+                "issuerRegExp",
+                "roots",
+                "trustedRoot",
+            ]
+        } else {
+            &[
+                "subject",
+                "subjectRegExp",
+                "issuer",
+                "issuerRegExp",
+                "roots",
+                "intermediates",
+            ]
+        };
+        let before = self.problems.len();
+        self.unknown(&format!("{at}."), t, known);
+        let subject = self.matcher(at, t, "subject");
+        let issuer = self.matcher(at, t, "issuer");
+        let matchers_ok = self.problems.len() == before;
+        if subject.is_none() && matchers_ok && !t.contains_key("subjectRegExp") {
+            self.problems.push(format!(
+                "{at}: needs `subject` or `subjectRegExp`: the certificate identity (an email, or a workflow URI such as \"https://github.com/org/repo/.github/workflows/release.yml@refs/heads/main\"); use subjectRegExp = \".*\" only if any identity of this CA is acceptable"
+            ));
+        }
+        if keyless
+            && issuer.is_none()
+            && !t.contains_key("issuer")
+            && !t.contains_key("issuerRegExp")
+        {
+            self.problems.push(format!(
+                "{at}: needs `issuer` or `issuerRegExp`: the OIDC issuer of the identity, e.g. \"https://token.actions.githubusercontent.com\" or \"https://accounts.google.com\""
+            ));
+        }
+        let mut roots_pem = None;
+        if let Some(v) = t.get("roots") {
+            let s = self.string(&format!("{at}.roots"), v)?;
+            roots_pem = Some(self.read_file(at, "roots file", &s)?);
+        }
+        let mut intermediates_pem = None;
+        if let Some(v) = t.get("intermediates") {
+            let s = self.string(&format!("{at}.intermediates"), v)?;
+            intermediates_pem = Some(self.read_file(at, "intermediates file", &s)?);
+        }
+        let mut trusted = None;
+        if let Some(v) = t.get("trustedRoot") {
+            let s = self.string(&format!("{at}.trustedRoot"), v)?;
+            let bytes = self.read_file(at, "trustedRoot file", &s)?;
+            match TrustedRoot::from_json(&s, &bytes) {
+                Ok(tr) => trusted = Some(tr),
+                Err(e) => {
+                    self.problems.push(format!("{at}: {e}"));
+                    return None;
+                }
+            }
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        let identity = CertIdentity { subject, issuer };
+        let built = match (roots_pem, trusted) {
+            (Some(_), Some(_)) => Err(
+                "give either `roots` (PEM certificates) or `trustedRoot` (a sigstore trusted_root.json), not both".to_string(),
+            ),
+            (None, None) => Err(if keyless {
+                "needs `roots` (the Fulcio root and intermediate certificates, PEM) or `trustedRoot` (a sigstore trusted_root.json); nothing is downloaded".to_string()
+            } else {
+                "needs `roots`: your CA's root certificates (PEM)".to_string()
+            }),
+            (Some(roots), None) => {
+                CertAuthority::from_pem(name, &roots, intermediates_pem.as_deref(), identity)
+                    .map(|ca| (ca, None))
+            }
+            (None, Some(tr)) => Ok((tr.authority(name, identity), Some(tr.rekor_keys()))),
+        };
+        match built {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.problems.push(format!("{at}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `field` (exact) or `field` + `RegExp` (regular expression), at most one of them.
+    fn matcher(&mut self, at: &str, t: &toml::Table, field: &str) -> Option<Matcher> {
+        let re_key = format!("{field}RegExp");
+        match (t.get(field), t.get(&re_key)) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                self.problems
+                    .push(format!("{at}: give `{field}` or `{re_key}`, not both"));
+                None
+            }
+            (Some(v), None) => {
+                let s = self.string(&format!("{at}: `{field}`"), v)?;
+                if s.is_empty() {
+                    self.problems
+                        .push(format!("{at}: `{field}` must not be empty"));
+                    return None;
+                }
+                Some(Matcher::Exact(s))
+            }
+            (None, Some(v)) => {
+                let s = self.string(&format!("{at}: `{re_key}`"), v)?;
+                match regex::Regex::new(&s) {
+                    Ok(re) => Some(Matcher::Regex(re)),
+                    Err(e) => {
+                        // regex's message draws a caret diagram; its last line says what is wrong.
+                        let e = e.to_string();
+                        let why = e.lines().last().unwrap_or("").trim_start_matches("error: ");
+                        self.problems.push(format!(
+                            "{at}: `{re_key}` = {s:?} is not a valid regular expression: {why}"
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads a file named in the policy (relative to the policy's folder).
+    fn read_file(&mut self, at: &str, what: &str, s: &str) -> Option<Vec<u8>> {
+        let path = self.path(s);
+        match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.problems
+                    .push(format!("{at}: cannot read {what} {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// `[[rules.attestations]]`: required attestations, their signers and conditions.
+    fn attestations(
+        &mut self,
+        at: &str,
+        v: Option<&toml::Value>,
+        attestors: &[Attestor],
+    ) -> Vec<AttestationRule> {
+        let Some(v) = v else { return Vec::new() };
+        let Some(items) = v.as_array() else {
+            self.problems.push(format!(
+                "{at}: `attestations` must be an array of tables ([[rules.attestations]])"
+            ));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let aat = format!("{at}: attestations[{i}]");
+            let Some(t) = self.table(&aat, item) else {
+                continue;
+            };
+            self.unknown(
+                &format!("{aat}."),
+                t,
+                &["predicateType", "attestors", "conditions"],
+            );
+            let Some(pt) = t
+                .get("predicateType")
+                .and_then(|v| self.string(&format!("{aat}.predicateType"), v))
+                .filter(|s| !s.is_empty())
+            else {
+                if !t.contains_key("predicateType") {
+                    self.problems.push(format!(
+                        "{aat}: needs `predicateType`: a URI, or one of cosign's names spdxjson, cyclonedx, slsaprovenance, slsaprovenance1, vuln, openvex, custom"
+                    ));
+                }
+                continue;
+            };
+            let predicate_type = attest::predicate_type(&pt).to_string();
+            let mut signers = Vec::new();
+            match t.get("attestors") {
+                None => signers.extend(0..attestors.len()),
+                Some(toml::Value::Array(names)) if !names.is_empty() => {
+                    for n in names {
+                        match n
+                            .as_str()
+                            .and_then(|n| attestors.iter().position(|a| a.name == n))
+                        {
+                            Some(idx) => signers.push(idx),
+                            None => self.problems.push(format!(
+                                "{aat}.attestors: {n} is not the name of one of this rule's attestors ({})",
+                                attestors
+                                    .iter()
+                                    .map(|a| a.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )),
+                        }
+                    }
+                }
+                Some(v) => self.problems.push(format!(
+                    "{aat}.attestors = {v} must be a non-empty list of this rule's attestor names"
+                )),
+            }
+            if signers.is_empty() && !t.contains_key("attestors") {
+                self.problems.push(format!(
+                    "{aat}: the rule has no attestors to sign it; add [[rules.attestors]]"
+                ));
+            }
+            let mut conditions = Vec::new();
+            match t.get("conditions") {
+                None => {}
+                Some(toml::Value::Array(cs)) => {
+                    for (j, c) in cs.iter().enumerate() {
+                        match attest::Condition::from_toml(&format!("{aat}.conditions[{j}]"), c) {
+                            Ok(c) => conditions.push(c),
+                            Err(e) => self.problems.push(e),
+                        }
+                    }
+                }
+                Some(_) => self.problems.push(format!(
+                    "{aat}.conditions must be an array of tables ([[rules.attestations.conditions]])"
+                )),
+            }
+            out.push(AttestationRule {
+                predicate_type,
+                attestors: signers,
+                conditions,
+            });
+        }
+        out
     }
 
     fn identity(&mut self, at: &str, v: &toml::Value) -> IdentityMatch {
@@ -714,6 +1039,7 @@ impl Parser<'_> {
                 "verifyTimeout",
                 "maxManifestSize",
                 "maxSignatureSize",
+                "maxAttestationSize",
             ],
         );
         FetchSettings {
@@ -732,6 +1058,11 @@ impl Parser<'_> {
                 "fetch.maxSignatureSize",
                 t.get("maxSignatureSize"),
                 d.max_signature_size,
+            ),
+            max_attestation_size: self.size(
+                "fetch.maxAttestationSize",
+                t.get("maxAttestationSize"),
+                d.max_attestation_size,
             ),
         }
     }
@@ -1016,6 +1347,118 @@ X4fK9ZxkwNcbhVwBA+hrDMm/S/QAtJAiBB3WJj9mvV0JVBLhjypRtXIiyw==
     }
 
     /// Each load gets a new generation.
+    /// Certificate attestors: every missing or contradictory piece is named, all at once.
+    #[test]
+    fn certificate_attestor_problems() {
+        let e = parse(&format!(
+            r#"
+[[rules]]
+name = "r"
+imageReferences = ["a/*"]
+[[rules.attestors]]
+name = "no-identity"
+keyless = {{ roots = "fulcio.pem" }}
+[[rules.attestors]]
+name = "bad-regex"
+keyless = {{ subjectRegExp = "(", issuer = "https://accounts.google.com", roots = "f.pem" }}
+[[rules.attestors]]
+name = "both"
+keyData = """{KEY}"""
+keyless = {{ subject = "a@b", issuer = "i" }}
+[[rules.attestors]]
+name = "no-roots"
+certificates = {{ subject = "a@b" }}
+[[rules.attestors]]
+name = "contradiction"
+keyData = """{KEY}"""
+ignoreTlog = true
+rekorKey = "rekor.pub"
+"#
+        ))
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            all.contains("(no-identity): `keyless`: needs `subject` or `subjectRegExp`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(no-identity): `keyless`: needs `issuer` or `issuerRegExp`"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "`subjectRegExp` = \"(\" is not a valid regular expression: unclosed group"
+            ),
+            "{all}"
+        );
+        assert!(all.contains("(both): give exactly one of `key`"), "{all}");
+        assert!(all.contains("found keyData and keyless"), "{all}");
+        assert!(
+            all.contains("(no-roots): `certificates`: needs `roots`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(contradiction): `rekorKey` and `ignoreTlog = true`"),
+            "{all}"
+        );
+    }
+
+    /// Attestation requirements: cosign's type names expand, attestors are named from the
+    /// rule, conditions parse; unknown attestor names and missing types are reported.
+    #[test]
+    fn attestation_requirements() {
+        let p = parse(&format!(
+            r#"
+[[rules]]
+name = "r"
+imageReferences = ["a/*"]
+[[rules.attestors]]
+name = "release"
+keyData = """{KEY}"""
+[[rules.attestors]]
+name = "sbom"
+keyData = """{KEY}"""
+[[rules.attestations]]
+predicateType = "spdxjson"
+attestors = ["sbom"]
+[[rules.attestations]]
+predicateType = "https://example.com/custom/v1"
+"#
+        ))
+        .unwrap();
+        let a = &p.rules[0].attestations;
+        assert_eq!(a[0].predicate_type, "https://spdx.dev/Document");
+        assert_eq!(a[0].attestors, vec![1]);
+        assert_eq!(a[1].predicate_type, "https://example.com/custom/v1");
+        assert_eq!(a[1].attestors, vec![0, 1]);
+
+        let e = parse(&format!(
+            r#"
+[[rules]]
+name = "r"
+imageReferences = ["a/*"]
+[[rules.attestors]]
+name = "release"
+keyData = """{KEY}"""
+[[rules.attestations]]
+attestors = ["nobody"]
+[[rules.attestations]]
+predicateType = "cyclonedx"
+attestors = ["nobody"]
+"#
+        ))
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            all.contains("attestations[0]: needs `predicateType`"),
+            "{all}"
+        );
+        assert!(
+            all.contains("attestations[1].attestors: \"nobody\" is not the name of one of this rule's attestors (release)"),
+            "{all}"
+        );
+    }
+
     #[test]
     fn generations_differ() {
         assert_ne!(parse("").unwrap().generation, parse("").unwrap().generation);

@@ -91,16 +91,39 @@ pub fn push_signature(
     digest: &str,
     layers: &[Layer],
 ) {
+    let layers: Vec<(&str, &[u8], serde_json::Value)> = layers
+        .iter()
+        .map(|l| {
+            (
+                l.media_type.as_str(),
+                l.payload.as_slice(),
+                serde_json::json!({ "dev.cosignproject.cosign/signature": l.signature }),
+            )
+        })
+        .collect();
+    push_attachment(registry, auth, name, digest, "sig", &layers);
+}
+
+/// Pushes an OCI manifest of `layers` (media type, blob, annotations) at cosign's attachment
+/// tag `sha256-<hex>.<suffix>` of `name@digest`.
+pub fn push_attachment(
+    registry: &str,
+    auth: Option<(&str, &str)>,
+    name: &str,
+    digest: &str,
+    suffix: &str,
+    layers: &[(&str, &[u8], serde_json::Value)],
+) {
     let config = br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","history":[],"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = push_blob(registry, auth, name, config);
     let mut descs = Vec::new();
-    for l in layers {
-        let d = push_blob(registry, auth, name, &l.payload);
+    for (media_type, blob, annotations) in layers {
+        let d = push_blob(registry, auth, name, blob);
         descs.push(serde_json::json!({
-            "mediaType": l.media_type,
-            "size": l.payload.len(),
+            "mediaType": media_type,
+            "size": blob.len(),
             "digest": d,
-            "annotations": { "dev.cosignproject.cosign/signature": l.signature },
+            "annotations": annotations,
         }));
     }
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -110,7 +133,7 @@ pub fn push_signature(
         "layers": descs,
     }))
     .unwrap();
-    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let tag = format!("{}.{suffix}", digest.replace(':', "-"));
     push_manifest(
         registry,
         auth,
@@ -119,6 +142,81 @@ pub fn push_signature(
         "application/vnd.oci.image.manifest.v1+json",
         &manifest,
     );
+}
+
+/// Media type of a cosign attestation layer (a DSSE envelope).
+pub const DSSE: &str = "application/vnd.dsse.envelope.v1+json";
+/// DSSE payload type of in-toto statements.
+pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+
+/// An in-toto Statement v0.1 (what `cosign attest` writes) about `name@digest`.
+pub fn statement(
+    predicate_type: &str,
+    name: &str,
+    digest: &str,
+    predicate: serde_json::Value,
+) -> Vec<u8> {
+    let (alg, hex) = digest.split_once(':').expect("algorithm:hex digest");
+    serde_json::to_vec(&serde_json::json!({
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": predicate_type,
+        "subject": [{ "name": name, "digest": { alg: hex } }],
+        "predicate": predicate,
+    }))
+    .unwrap()
+}
+
+/// DSSE v1 pre-authentication encoding, written out here from the spec (not the library's).
+fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
+        payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+impl TestKey {
+    /// A DSSE envelope of `statement`, signed by this key over the PAE (as `cosign attest`).
+    pub fn envelope(&self, statement: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "payloadType": IN_TOTO,
+            "payload": base64(statement),
+            "signatures": [{ "keyid": "", "sig": self.sign(&pae(IN_TOTO, statement)) }],
+        }))
+        .unwrap()
+    }
+}
+
+/// Attests `name@digest` (in `registry`) with `predicate_type` and `predicate`, signed by
+/// `key`, and pushes it as the `.att` attachment, layered like `cosign attest` does (empty
+/// signature annotation, `predicateType` annotation).
+pub fn attest_image(
+    registry: &str,
+    name: &str,
+    digest: &str,
+    attestations: &[(&TestKey, &str, serde_json::Value)],
+) {
+    let envelopes: Vec<(Vec<u8>, serde_json::Value)> = attestations
+        .iter()
+        .map(|(key, pt, predicate)| {
+            let st = statement(pt, &format!("{registry}/{name}"), digest, predicate.clone());
+            (
+                key.envelope(&st),
+                serde_json::json!({
+                    "dev.cosignproject.cosign/signature": "",
+                    "predicateType": pt,
+                }),
+            )
+        })
+        .collect();
+    let layers: Vec<(&str, &[u8], serde_json::Value)> = envelopes
+        .iter()
+        .map(|(e, a)| (DSSE, e.as_slice(), a.clone()))
+        .collect();
+    push_attachment(registry, None, name, digest, "att", &layers);
 }
 
 fn auth_header(auth: Option<(&str, &str)>) -> Option<String> {

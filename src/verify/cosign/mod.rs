@@ -19,9 +19,11 @@
 //! bundle (when required), and only then is the payload parsed (serde_json, never
 //! re-serialized): type, digest, identity.
 
+pub mod attest;
 mod identity;
 mod keys;
 mod rekor;
+mod trusted_root;
 mod x509;
 
 use std::collections::BTreeMap;
@@ -33,6 +35,7 @@ use serde::de::IgnoredAny;
 pub use identity::IdentityMatch;
 pub use keys::{KeyError, PublicKey};
 pub use rekor::RekorKeys;
+pub use trusted_root::TrustedRoot;
 pub use x509::{CertAuthority, CertIdentity, LeafSummary, Matcher, pem_certificates};
 
 /// Who may have signed: a public key, or certificates issued by a CA (keyless/Fulcio or your

@@ -63,6 +63,21 @@ impl CertAuthority {
         })
     }
 
+    /// From PEM texts (placeholder: every certificate of `roots` is an anchor).
+    pub fn from_pem(
+        name: &str,
+        roots: &[u8],
+        intermediates: Option<&[u8]>,
+        identity: CertIdentity,
+    ) -> Result<CertAuthority, String> {
+        let roots = pem_certificates(name, roots)?;
+        let intermediates = match intermediates {
+            Some(p) => pem_certificates(name, p)?,
+            None => Vec::new(),
+        };
+        CertAuthority::from_der(name, roots, intermediates, identity)
+    }
+
     /// Checks a leaf certificate (DER) with the untrusted `chain` (DER, e.g. the chain
     /// annotation) at Unix time `at`: it chains to a root, every certificate on the path is
     /// valid at `at`, key usage allows signing, and it matches the identity. Returns the
