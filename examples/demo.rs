@@ -135,13 +135,41 @@ async fn main() {
     let (forged, forged_digest) = bed.registry.push("demo/forged", "v1", Some("forged"));
     sign::sign_image(&reg, None, "demo/forged", &forged_digest, &TestKey::p256());
     ok(format!("pushed {forged}, signed with some other key"));
+    let (with_sbom, sbom_digest) = bed.registry.push("sbom/app", "v1", Some("sbom"));
+    sign::sign_image(&reg, None, "sbom/app", &sbom_digest, &release);
+    let spdx = serde_json::json!({ "spdxVersion": "SPDX-2.3", "name": "sbom/app", "packages": [] });
+    sign::attest_image(
+        &reg,
+        "sbom/app",
+        &sbom_digest,
+        &[(&release, "https://spdx.dev/Document", spdx.clone())],
+    );
+    ok(format!(
+        "pushed {with_sbom}, signed, with an SPDX SBOM attestation signed by the release key (at sbom/app:sha256-<hex>.att)"
+    ));
+    let (no_sbom, no_sbom_digest) = bed.registry.push("sbom/bare", "v1", Some("bare"));
+    sign::sign_image(&reg, None, "sbom/bare", &no_sbom_digest, &release);
+    ok(format!("pushed {no_sbom}, signed, without an SBOM"));
+    let (stranger_sbom, stranger_digest) =
+        bed.registry.push("sbom/stranger", "v1", Some("stranger"));
+    sign::sign_image(&reg, None, "sbom/stranger", &stranger_digest, &release);
+    sign::attest_image(
+        &reg,
+        "sbom/stranger",
+        &stranger_digest,
+        &[(&TestKey::p256(), "https://spdx.dev/Document", spdx)],
+    );
+    ok(format!(
+        "pushed {stranger_sbom}, signed, with an SBOM attestation signed by some other key"
+    ));
     let policy = bed.dir.path().join("policy.toml");
     std::fs::write(
         &policy,
         format!(
-            "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\n[[rules]]\nname = \"demo\"\nimageReferences = [\"{reg}/demo/*\"]\nmode = \"enforce\"\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
+            "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\n[[rules]]\nname = \"demo\"\nimageReferences = [\"{reg}/demo/*\"]\nmode = \"enforce\"\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n\n[[rules]]\nname = \"sbom-required\"\nimageReferences = [\"{reg}/sbom/*\"]\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n[[rules.attestations]]\npredicateType = \"spdxjson\"\n",
             bed.containerd.certs_dir().display(),
             bed.pause_image,
+            key_path.display(),
             key_path.display()
         ),
     )
@@ -281,7 +309,61 @@ async fn main() {
         println!("     {line}");
     }
 
-    step("5. Images already on the node are checked when a container is created");
+    step("5. A rule can require a signed SBOM attestation (cosign attest --type spdxjson)");
+    for (what, image, allowed) in [
+        ("with a signed SBOM", &with_sbom, true),
+        ("without an SBOM", &no_sbom, false),
+        ("with an SBOM from an untrusted key", &stranger_sbom, false),
+    ] {
+        let result = img
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: Some(support::sandbox_config(
+                    &support::unique_name("demo"),
+                    "default",
+                )),
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                assert!(allowed, "{image} must be denied");
+                ok(format!("PullImage {what} -> {}", r.into_inner().image_ref));
+            }
+            Err(e) => {
+                assert!(!allowed, "{image} must pull: {e:?}");
+                ok(format!(
+                    "PullImage {what} -> {:?}: {}",
+                    e.code(),
+                    e.message()
+                ));
+            }
+        }
+    }
+    let out = Command::new(&bin)
+        .arg("verify")
+        .arg("--policy")
+        .arg(&policy)
+        .args([&with_sbom, &stranger_sbom])
+        .output()
+        .expect("verify");
+    println!(
+        "   $ cri-guard verify --policy policy.toml {with_sbom} {stranger_sbom}   (exit {})",
+        out.status.code().unwrap_or(-1)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("     {line}");
+    }
+
+    step(
+        "6. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline",
+    );
+    keyless(&bin, &bed);
+
+    step("7. Images already on the node are checked when a container is created");
     let direct = bed.containerd_socket();
     let sneaked = cri::image_client(&direct)
         .pull_image(cri::PullImageRequest {
@@ -325,7 +407,7 @@ async fn main() {
         "containerd has {count} container(s): only the signed app's"
     ));
 
-    step("6. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
+    step("8. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
     let alpha = cri::channel(&socket);
     let mut grpc = tonic::client::Grpc::new(alpha);
     grpc.ready().await.expect("ready");
@@ -347,7 +429,7 @@ async fn main() {
         Ok(_) => panic!("runtime.v1alpha2 must be refused"),
     }
 
-    step("7. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
+    step("9. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
     tokio::task::block_in_place(|| bed.containerd.kill());
     let err = rt
         .version(cri::VersionRequest::default())
@@ -369,7 +451,7 @@ async fn main() {
         v.runtime_name, v.runtime_version
     ));
 
-    step("8. Clean up through cri-guard, then SIGTERM it");
+    step("10. Clean up through cri-guard, then SIGTERM it");
     let _ = rt
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: sandbox_id.clone(),
@@ -387,4 +469,74 @@ async fn main() {
     println!("   ok    cri-guard exited cleanly ({status}) and removed its socket");
     drop(bed);
     println!("\nDemo finished: containerd, registry and temp dir are gone.");
+}
+
+/// Step 6: the real cosign keyless vector `fulcio-rekor-valid` (../shared/testdata/cosign-real)
+/// pushed where cosign puts it, checked by `cri-guard verify` against a keyless attestor with
+/// the Fulcio root and Rekor key from files: allowed for the signer's identity, denied for
+/// another. Its certificate expired in 2023; it is checked at the Rekor integration time.
+fn keyless(bin: &Path, bed: &support::TestBed) {
+    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/cosign-real");
+    if !v.join("vectors.json").exists() {
+        println!("   skip  {} is absent", v.display());
+        return;
+    }
+    let read = |rel: &str| std::fs::read_to_string(v.join(rel)).expect("vector file");
+    let d = "derived/fulcio-rekor-valid";
+    let digest = "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a";
+    let repo = "cosign-signed/fulcio-rekor-1";
+    let payload = std::fs::read(v.join(format!("{d}/payload.json"))).expect("payload");
+    sign::push_attachment(
+        bed.registry.addr(),
+        None,
+        repo,
+        digest,
+        "sig",
+        &[(
+            sign::SIMPLESIGNING,
+            &payload,
+            serde_json::json!({
+                "dev.cosignproject.cosign/signature": read(&format!("{d}/signature.b64")),
+                "dev.sigstore.cosign/certificate": read(&format!("{d}/certificate.pem")),
+                "dev.sigstore.cosign/chain": read(&format!("{d}/chain.pem")),
+                "dev.sigstore.cosign/bundle": read(&format!("{d}/bundle.json")),
+            }),
+        )],
+    );
+    let reg = bed.registry.addr();
+    let image = format!("{reg}/{repo}@{digest}");
+    ok(format!(
+        "pushed the keyless signature of {repo} (made by cosign in January 2023) to {reg}"
+    ));
+    for (name, subject) in [
+        ("keyless", "mitr@redhat.com"),
+        ("keyless-other", "someone@example.com"),
+    ] {
+        let policy = bed.dir.path().join(format!("{name}.toml"));
+        let text = format!(
+            "hostsDir = \"{}\"\n[[rules]]\nname = \"keyless\"\nimageReferences = [\"{reg}/*\"]\nsignedIdentity = {{ remapPrefix = \"{reg}/cosign-signed\", signedPrefix = \"192.168.64.2:5000/cosign-signed\" }}\n[[rules.attestors]]\nname = \"github-user\"\nkeyless = {{ subject = \"{subject}\", issuer = \"https://github.com/login/oauth\", roots = \"{}\" }}\nrekorKey = \"{}\"\n",
+            bed.containerd.certs_dir().display(),
+            v.join("trust/fulcio_v1.crt.pem").display(),
+            v.join("trust/rekor.pub").display()
+        );
+        std::fs::write(&policy, &text).expect("write policy");
+        if name == "keyless" {
+            println!("\n-- {name}.toml --\n{text}");
+        }
+        let out = Command::new(bin)
+            .arg("verify")
+            .arg("--policy")
+            .arg(&policy)
+            .arg(&image)
+            .output()
+            .expect("verify");
+        println!(
+            "   $ cri-guard verify --policy {name}.toml {image}   (exit {})",
+            out.status.code().unwrap_or(-1)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("     {line}");
+        }
+        assert_eq!(out.status.success(), name == "keyless", "keyless decision");
+    }
 }
