@@ -189,12 +189,13 @@ fn check_config_validates_policies() {
         .args(["check-config", "--policy", shipped.to_str().unwrap()])
         .output()
         .unwrap();
-    // The example names key files an operator provides; everything else in it must be valid.
+    // The example names key and trust files an operator provides; everything else in it must
+    // be valid.
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.lines()
             .filter(|l| l.trim_start().starts_with("- "))
-            .all(|l| l.contains("cannot read key file")),
+            .all(|l| l.contains("cannot read key file") || l.contains("cannot read trustedRoot file")),
         "{err}"
     );
 }
