@@ -18,10 +18,19 @@
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies
 //!                          Guard = verify::Verifier:
-//!                            verify::policy   rules (imageReferences, namespaces, mode, attestors, count)
+//!                            verify::policy   rules (imageReferences, namespaces, mode, attestors,
+//!                                             count, attestations + conditions)
 //!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
 //!                                             negative TTL, tag resolutions, single flight
-//!                            verify::cosign   one `.sig` layer against one key (payload claims, Rekor bundle)
+//!                            verify::attestations  a rule's required attestations from `.att`
+//!                            verify::cosign   offline checks, no network:
+//!                              mod.rs         one `.sig` layer against one Authority (key or CA)
+//!                              keys           public keys (ECDSA, RSA, Ed25519) and PEM
+//!                              x509           certificate chains at a time, identity, issuer
+//!                              trusted_root   sigstore trusted_root.json → CAs + Rekor keys
+//!                              rekor          SET of a Rekor entry, entry bound to the signature
+//!                              attest         DSSE envelopes, in-toto statements, sigstore
+//!                                             bundles (inclusion proof, checkpoint), conditions
 //!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
