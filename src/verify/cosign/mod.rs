@@ -19,6 +19,7 @@
 //! bundle (when required), and only then is the payload parsed (serde_json, never
 //! re-serialized): type, digest, identity.
 
+pub mod attest;
 mod identity;
 mod keys;
 mod rekor;
