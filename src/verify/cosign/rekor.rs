@@ -70,6 +70,11 @@ impl RekorKeys {
         self.by_log_id.keys().map(String::as_str)
     }
 
+    /// The key of the log with this logID (lowercase hex), e.g. to check its checkpoints.
+    pub(crate) fn key(&self, log_id: &str) -> Option<&PublicKey> {
+        self.by_log_id.get(log_id)
+    }
+
     /// How many keys are loaded.
     pub fn len(&self) -> usize {
         self.by_log_id.len()
@@ -184,7 +189,6 @@ pub(crate) fn verify_set(raw: &str, rekor: &RekorKeys) -> Result<Entry, Failure>
 /// is the entry body as the log returned it (base64). This is the whole SET check for both
 /// the legacy bundle annotation and a sigstore bundle's `inclusionPromise` (whose logID is the
 /// hex of `logId.keyId`).
-#[allow(dead_code)] // used by the attestation bundle check (being written)
 pub(crate) fn verify_set_fields(
     body_b64: &str,
     integrated_time: i64,
