@@ -21,7 +21,8 @@
 //!                            verify::policy   rules (imageReferences, namespaces, mode, attestors, count)
 //!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
 //!                                             negative TTL, tag resolutions, single flight
-//!                            verify::cosign   one `.sig` layer against one key (payload claims, Rekor bundle)
+//!                            verify::cosign   one `.sig` layer against one key or certificate authority
+//!                                             (payload claims, Rekor bundle, chain, identity)
 //!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
