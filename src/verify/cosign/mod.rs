@@ -15,7 +15,8 @@
 //! - certificate signers (`x509.rs`): the chain is built from the configured roots and
 //!   intermediates plus the layer's untrusted `dev.sigstore.cosign/chain`, and checked at the
 //!   Rekor integration time (or now, without Rekor), where sigstore checks at now and trusts
-//!   every configured certificate as a root; SAN/issuer matching with regexes;
+//!   every configured certificate as a root; SAN/issuer matching with regexes; a sigstore
+//!   `trusted_root.json` read offline (`trusted_root.rs`);
 //! - a layer that is not `application/vnd.dev.cosign.simplesigning.v1+json` is one failed
 //!   layer here, where sigstore's Client fails the whole fetch and hides valid signatures
 //!   next to it (the caller verifies layer by layer);
@@ -32,6 +33,7 @@
 mod identity;
 mod keys;
 mod rekor;
+mod trusted_root;
 mod x509;
 
 use std::collections::BTreeMap;
@@ -43,6 +45,7 @@ use serde::de::IgnoredAny;
 pub use identity::IdentityMatch;
 pub use keys::{KeyError, PublicKey};
 pub use rekor::RekorKeys;
+pub use trusted_root::TrustedRoot;
 pub use x509::{
     CertAuthority, CertIdentity, LeafSummary, MAX_CHAIN_CERTIFICATES, Matcher,
     OID_FULCIO_ISSUER_V1, OID_FULCIO_ISSUER_V2, OID_FULCIO_USERNAME, pem_certificates,

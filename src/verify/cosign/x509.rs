@@ -314,6 +314,16 @@ impl CertAuthority {
         Self::from_der(name, roots, intermediates, identity)
     }
 
+    /// Restricts root `index` (in the order given to [`CertAuthority::from_der`]) to vouch
+    /// only for signatures made within one of `windows` (Unix seconds, inclusive; `None` end
+    /// = open-ended), as a sigstore trusted root's `validFor`. Roots without windows are
+    /// unrestricted.
+    pub(crate) fn restrict_root(&mut self, index: usize, windows: Vec<(i64, Option<i64>)>) {
+        if let Some(anchor) = self.anchors.get_mut(index) {
+            anchor.windows = windows;
+        }
+    }
+
     /// The configured roots (DER).
     pub fn roots(&self) -> &[Vec<u8>] {
         &self.roots
@@ -1355,6 +1365,35 @@ pub(crate) mod tests {
             msg,
             "root CN=short-root of attestor test-ca expired at 2023-11-14T22:13:19Z (checked at verification time 2023-11-14T22:13:20Z)"
         );
+    }
+
+    /// A root restricted to `validFor` windows vouches only for signatures made inside one;
+    /// the same root listed twice is good if either window holds.
+    #[test]
+    fn root_windows() {
+        let (root, inter) = pki();
+        let leaf = make(&Spec::leaf(T), Some(&inter));
+        let mut ca = authority(&root, &[&inter], CertIdentity::default());
+        ca.restrict_root(0, vec![(T - 1000, Some(T - 1))]);
+        let msg = reason(ca.verify_leaf(&leaf.der, &[], T));
+        assert!(
+            msg.starts_with(
+                "root CN=test-root of attestor test-ca is trusted only for signatures made from "
+            ),
+            "{msg}"
+        );
+        ca.restrict_root(0, vec![(T - 1000, Some(T - 1)), (T, None)]);
+        assert!(ca.verify_leaf(&leaf.der, &[], T).is_ok());
+        let mut twice = CertAuthority::from_der(
+            "twice",
+            vec![root.der.clone(), root.der.clone()],
+            vec![inter.der.clone()],
+            CertIdentity::default(),
+        )
+        .unwrap();
+        twice.restrict_root(0, vec![(T - 1000, Some(T - 1))]);
+        twice.restrict_root(1, vec![(T - 1000, None)]);
+        assert!(twice.verify_leaf(&leaf.der, &[], T).is_ok());
     }
 
     /// Certificates from the signature's chain are intermediates only: a chain ending in the
