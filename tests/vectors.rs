@@ -139,11 +139,12 @@ fn cert_authority(dir: &Path, case: &Value) -> CertAuthority {
     let roots = s(case, "fulcio_root_file")
         .or(s(case, "ca_roots_file"))
         .unwrap_or_else(|| panic!("{name}: no root file"));
-    let intermediates = s(case, "ca_intermediates_file").map(|f| read(dir, f));
-    CertAuthority::from_pem(
+    let roots_pem = read(dir, roots);
+    let intermediates = s(case, "ca_intermediates_file").map(|f| (f, read(dir, f)));
+    CertAuthority::from_named_pems(
         name,
-        &read(dir, roots),
-        intermediates.as_deref(),
+        (roots, &roots_pem),
+        intermediates.as_ref().map(|(f, pem)| (*f, pem.as_slice())),
         cert_identity(case),
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -260,9 +261,13 @@ fn certificate_vectors() {
                 "{name}: unexpected positive-variant note {note:?}"
             );
             let bundle = s(&v["trust"], "fulcio_intermediate_and_root").expect("trust bundle");
-            let authority =
-                CertAuthority::from_bundle_pem(name, &read(&dir, bundle), cert_identity(case))
-                    .expect("bundle authority");
+            let authority = CertAuthority::from_bundle_pem(
+                name,
+                bundle,
+                &read(&dir, bundle),
+                cert_identity(case),
+            )
+            .expect("bundle authority");
             ran += 1;
             let label = format!("{name} (trusting {bundle})");
             if !run_cert_case(&label, &dir, case, authority, rekor.as_ref(), "verified") {

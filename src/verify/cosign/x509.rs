@@ -215,22 +215,127 @@ impl CertAuthority {
     /// From DER certificates: `roots` are the anchors (whether self-signed or not: an
     /// operator may anchor trust at an intermediate), `intermediates` may complete chains.
     /// Every certificate must parse and be a CA (basicConstraints cA); at least one root is
-    /// required. Errors name the attestor and the certificate.
+    /// required. Errors name the attestor and the certificate (`root certificate #2`).
     pub fn from_der(
         name: &str,
         roots: Vec<Vec<u8>>,
         intermediates: Vec<Vec<u8>>,
         identity: CertIdentity,
     ) -> Result<CertAuthority, String> {
+        let label = |kind: &str, i: usize| format!("{kind} certificate #{}", i + 1);
+        Self::build(
+            name,
+            roots
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| (label("root", i), d))
+                .collect(),
+            intermediates
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| (label("intermediate", i), d))
+                .collect(),
+            identity,
+        )
+    }
+
+    /// From PEM texts: every certificate of `roots_pem` is an anchor (as cosign's
+    /// `--ca-roots`), every one of `intermediates_pem` an intermediate (`--ca-intermediates`).
+    /// For a bundle that mixes both (Fulcio's `fulcio-chain.pem`: intermediate + root) use
+    /// [`CertAuthority::from_bundle_pem`]. Errors say `roots` or `intermediates`; use
+    /// [`CertAuthority::from_named_pems`] to have them name the files.
+    pub fn from_pem(
+        name: &str,
+        roots_pem: &[u8],
+        intermediates_pem: Option<&[u8]>,
+        identity: CertIdentity,
+    ) -> Result<CertAuthority, String> {
+        Self::from_named_pems(
+            name,
+            ("roots", roots_pem),
+            intermediates_pem.map(|p| ("intermediates", p)),
+            identity,
+        )
+    }
+
+    /// [`CertAuthority::from_pem`] with a label (e.g. the file name) for each PEM text, used
+    /// in every message: `attestor fulcio: /etc/cri-guard/roots.pem: certificate #2 is not a
+    /// CA certificate ...`. A PEM text without any certificate is an error.
+    pub fn from_named_pems(
+        name: &str,
+        roots: (&str, &[u8]),
+        intermediates: Option<(&str, &[u8])>,
+        identity: CertIdentity,
+    ) -> Result<CertAuthority, String> {
+        let read = |(label, pem): (&str, &[u8])| -> Result<Vec<(String, Vec<u8>)>, String> {
+            let certs = pem_certificates(&format!("attestor {name}: {label}"), pem)?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "attestor {name}: {label}: no CERTIFICATE block found"
+                ));
+            }
+            Ok(certs
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| (format!("{label}: certificate #{}", i + 1), d))
+                .collect())
+        };
+        let roots = read(roots)?;
+        let intermediates = match intermediates {
+            None => Vec::new(),
+            Some(source) => read(source)?,
+        };
+        Self::build(name, roots, intermediates, identity)
+    }
+
+    /// From one PEM bundle of CA certificates (e.g. Fulcio's chain file, intermediate +
+    /// root): self-signed ones are anchors, the others intermediates ([`split_anchors`]).
+    /// `label` (e.g. the file name) is used in messages.
+    pub fn from_bundle_pem(
+        name: &str,
+        label: &str,
+        bundle_pem: &[u8],
+        identity: CertIdentity,
+    ) -> Result<CertAuthority, String> {
+        let at = format!("attestor {name}: {label}");
+        let certs = pem_certificates(&at, bundle_pem)?;
+        let mut roots = Vec::new();
+        let mut intermediates = Vec::new();
+        for (i, der) in certs.into_iter().enumerate() {
+            let cert_label = format!("{label}: certificate #{}", i + 1);
+            if self_issued(&der).map_err(|e| format!("attestor {name}: {cert_label} {e}"))? {
+                roots.push((cert_label, der));
+            } else {
+                intermediates.push((cert_label, der));
+            }
+        }
+        if roots.is_empty() {
+            return Err(format!("{at}: {NO_ROOT_IN_BUNDLE}"));
+        }
+        Self::build(name, roots, intermediates, identity)
+    }
+
+    /// Validates and indexes labelled certificates.
+    fn build(
+        name: &str,
+        roots: Vec<(String, Vec<u8>)>,
+        intermediates: Vec<(String, Vec<u8>)>,
+        identity: CertIdentity,
+    ) -> Result<CertAuthority, String> {
         if roots.is_empty() {
             return Err(format!("attestor {name}: no root certificate configured"));
         }
         let mut anchors = Vec::with_capacity(roots.len());
-        for (i, der) in roots.iter().enumerate() {
-            let what = format!("attestor {name}: root certificate #{}", i + 1);
+        for (label, der) in &roots {
+            let what = format!("attestor {name}: {label}");
             let cert = parse_ca(der, &what)?;
             let trust = webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
-                .map_err(|e| format!("{what} cannot be used as a trust anchor: {e:?}"))?
+                .map_err(|e| {
+                    format!(
+                        "{what} cannot be used as a trust anchor: {}",
+                        webpki_text(&e)
+                    )
+                })?
                 .to_owned();
             let validity = cert.tbs_certificate().validity();
             anchors.push(Anchor {
@@ -242,8 +347,8 @@ impl CertAuthority {
             });
         }
         let mut intermediate_certs = Vec::with_capacity(intermediates.len());
-        for (i, der) in intermediates.iter().enumerate() {
-            let what = format!("attestor {name}: intermediate certificate #{}", i + 1);
+        for (label, der) in &intermediates {
+            let what = format!("attestor {name}: {label}");
             let cert = parse_ca(der, &what)?;
             // webpki parses path certificates strictly (e.g. unknown critical extensions):
             // find out now rather than at every verification.
@@ -260,58 +365,13 @@ impl CertAuthority {
         let trust = anchors.iter().map(|a| a.trust.clone()).collect();
         Ok(CertAuthority {
             name: name.to_owned(),
-            roots,
-            intermediates,
+            roots: roots.into_iter().map(|(_, d)| d).collect(),
+            intermediates: intermediates.into_iter().map(|(_, d)| d).collect(),
             identity,
             anchors,
             trust,
             intermediate_certs,
         })
-    }
-
-    /// From PEM texts: every certificate of `roots_pem` is an anchor (as cosign's
-    /// `--ca-roots`), every one of `intermediates_pem` an intermediate (`--ca-intermediates`).
-    /// For a bundle that mixes both (Fulcio's `fulcio-chain.pem`: intermediate + root) use
-    /// [`CertAuthority::from_bundle_pem`]. Errors say `roots` or `intermediates` and the
-    /// certificate's position; prefix the file name when reporting.
-    pub fn from_pem(
-        name: &str,
-        roots_pem: &[u8],
-        intermediates_pem: Option<&[u8]>,
-        identity: CertIdentity,
-    ) -> Result<CertAuthority, String> {
-        let roots = pem_certificates(&format!("attestor {name}: roots"), roots_pem)?;
-        if roots.is_empty() {
-            return Err(format!(
-                "attestor {name}: roots: no CERTIFICATE block found"
-            ));
-        }
-        let intermediates = match intermediates_pem {
-            None => Vec::new(),
-            Some(pem) => {
-                let certs = pem_certificates(&format!("attestor {name}: intermediates"), pem)?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "attestor {name}: intermediates: no CERTIFICATE block found"
-                    ));
-                }
-                certs
-            }
-        };
-        Self::from_der(name, roots, intermediates, identity)
-    }
-
-    /// From one PEM bundle of CA certificates (e.g. Fulcio's chain file, intermediate +
-    /// root): self-signed ones are anchors, the others intermediates ([`split_anchors`]).
-    pub fn from_bundle_pem(
-        name: &str,
-        bundle_pem: &[u8],
-        identity: CertIdentity,
-    ) -> Result<CertAuthority, String> {
-        let label = format!("attestor {name}: certificate bundle");
-        let certs = pem_certificates(&label, bundle_pem)?;
-        let (roots, intermediates) = split_anchors(&label, certs)?;
-        Self::from_der(name, roots, intermediates, identity)
     }
 
     /// Restricts root `index` (in the order given to [`CertAuthority::from_der`]) to vouch
@@ -662,9 +722,11 @@ fn in_windows(windows: &[(i64, Option<i64>)], at: i64) -> bool {
 fn windows_text(windows: &[(i64, Option<i64>)]) -> String {
     windows
         .iter()
-        .map(|(start, end)| match end {
-            Some(end) => format!("from {} to {}", rfc3339(*start), rfc3339(*end)),
-            None => format!("from {}", rfc3339(*start)),
+        .map(|(start, end)| match (*start == i64::MIN, end) {
+            (false, Some(end)) => format!("from {} to {}", rfc3339(*start), rfc3339(*end)),
+            (true, Some(end)) => format!("until {}", rfc3339(*end)),
+            (false, None) => format!("from {}", rfc3339(*start)),
+            (true, None) => "at any time".to_owned(),
         })
         .collect::<Vec<_>>()
         .join(" or ")
@@ -979,10 +1041,22 @@ pub fn pem_certificates(name: &str, pem: &[u8]) -> Result<Vec<Vec<u8>>, String> 
     Ok(out)
 }
 
+const NO_ROOT_IN_BUNDLE: &str =
+    "no self-signed root certificate; a CA bundle must include its root";
+
+/// Whether a certificate is self-issued (subject equals issuer), as the root a bundle ends
+/// with; `Err` says why it does not parse.
+fn self_issued(der: &[u8]) -> Result<bool, String> {
+    let cert = Certificate::from_der(der)
+        .map_err(|e| format!("is not a valid DER X.509 certificate ({e})"))?;
+    let tbs = cert.tbs_certificate();
+    Ok(tbs.subject() == tbs.issuer())
+}
+
 /// Splits CA certificates (DER) into anchors (self-issued: subject equals issuer, as the
 /// root a bundle ends with) and intermediates, keeping their order. Fails if one does not
 /// parse or none is self-issued. `name` labels messages (e.g. a file name).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity)] // (anchors, intermediates), each a list of DER certificates
 pub fn split_anchors(
     name: &str,
     certs: Vec<Vec<u8>>,
@@ -990,23 +1064,14 @@ pub fn split_anchors(
     let mut anchors = Vec::new();
     let mut intermediates = Vec::new();
     for (i, der) in certs.into_iter().enumerate() {
-        let cert = Certificate::from_der(&der).map_err(|e| {
-            format!(
-                "{name}: certificate #{} is not a valid DER X.509 certificate ({e})",
-                i + 1
-            )
-        })?;
-        let tbs = cert.tbs_certificate();
-        if tbs.subject() == tbs.issuer() {
+        if self_issued(&der).map_err(|e| format!("{name}: certificate #{} {e}", i + 1))? {
             anchors.push(der);
         } else {
             intermediates.push(der);
         }
     }
     if anchors.is_empty() {
-        return Err(format!(
-            "{name}: no self-signed root certificate; a CA bundle must include its root"
-        ));
+        return Err(format!("{name}: {NO_ROOT_IN_BUNDLE}"));
     }
     Ok((anchors, intermediates))
 }
@@ -1736,12 +1801,14 @@ pub(crate) mod tests {
         assert!(CertAuthority::from_der("a", vec![trailing], vec![], id()).is_err());
 
         let bundle = format!("{}{}", inter.pem(), root.pem());
-        let ca = CertAuthority::from_bundle_pem("fulcio", bundle.as_bytes(), id()).unwrap();
+        let ca =
+            CertAuthority::from_bundle_pem("fulcio", "chain.pem", bundle.as_bytes(), id()).unwrap();
         assert_eq!(ca.roots(), std::slice::from_ref(&root.der));
         assert_eq!(ca.intermediates(), std::slice::from_ref(&inter.der));
         assert!(ca.verify_leaf(&leaf.der, &[], T).is_ok());
         let err =
-            CertAuthority::from_bundle_pem("fulcio", inter.pem().as_bytes(), id()).unwrap_err();
+            CertAuthority::from_bundle_pem("fulcio", "chain.pem", inter.pem().as_bytes(), id())
+                .unwrap_err();
         assert!(err.contains("no self-signed root certificate"), "{err}");
 
         // from_pem: all of roots_pem are anchors (here the intermediate: trust anchored there).
@@ -1755,6 +1822,19 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(ca.verify_leaf(&leaf.der, &[], T).is_ok());
+        let err = CertAuthority::from_named_pems(
+            "p",
+            ("/etc/roots.pem", root.pem().as_bytes()),
+            Some(("/etc/inter.pem", leaf.pem().as_bytes())),
+            id(),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with(
+                "attestor p: /etc/inter.pem: certificate #1 ((empty name)) is not a CA certificate"
+            ),
+            "{err}"
+        );
         let err = CertAuthority::from_pem("p", b"", None, id()).unwrap_err();
         assert_eq!(err, "attestor p: roots: no CERTIFICATE block found");
         let err = CertAuthority::from_pem("p", root.pem().as_bytes(), Some(b"nothing"), id())
