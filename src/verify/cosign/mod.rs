@@ -1149,6 +1149,55 @@ mod tests {
             );
         }
 
+        /// Arbitrary bytes in the certificate, chain and bundle annotations never panic.
+        #[test]
+        fn no_panic_on_noise() {
+            let log = FakeLog::new();
+            let keys = log.keys();
+            let (root, inter) = pki();
+            let ca = ca_for(&root);
+            let p = payload(REPO, DIGEST);
+            let leaf = make(&Spec::leaf(T), Some(&inter));
+            let (good, sig) = cert_layer(&leaf, &p);
+            let fields = [
+                (CERTIFICATE_ANNOTATION, leaf.pem()),
+                (CHAIN_ANNOTATION, leaf_chain(&inter, &root)),
+                (BUNDLE_ANNOTATION, log.bundle(&p, &sig, &leaf.pem())),
+            ];
+            let mut state: u64 = 0x51_7cc1_b727_220a;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            for round in 0..300 {
+                let mut l = good.clone();
+                for (annotation, text) in &fields {
+                    let mut v = text.clone().into_bytes();
+                    for _ in 0..(next() % 3) {
+                        let i = (next() as usize) % v.len();
+                        v[i] = next() as u8;
+                    }
+                    if next() % 5 == 0 {
+                        v.truncate((next() as usize) % (v.len() + 1));
+                    }
+                    l.annotations.insert(
+                        (*annotation).to_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+                let rekor = (round % 2 == 0).then_some(&keys);
+                let _ = run(&l, &ca, rekor);
+            }
+            // Unchanged, it verifies (so the noise hit a path that works).
+            let mut l = good;
+            for (annotation, text) in fields {
+                l.annotations.insert(annotation.to_owned(), text);
+            }
+            assert!(run(&l, &ca, Some(&keys)).is_ok());
+        }
+
         /// A key authority ignores certificate annotations; a certificate authority refuses a
         /// key-signed layer (no certificate) without trying anything else.
         #[test]

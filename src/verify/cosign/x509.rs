@@ -202,7 +202,7 @@ impl fmt::Display for LeafSummary {
         if self.subjects.is_empty() {
             f.write_str("(no subject alternative name)")?;
         } else {
-            f.write_str(&self.subjects.join(", "))?;
+            f.write_str(&bounded_list(&self.subjects))?;
         }
         if let Some(issuer) = &self.issuer {
             write!(f, " (issuer {issuer})")?;
@@ -617,7 +617,7 @@ impl CertAuthority {
                 };
                 return Err(format!(
                     "{noun} {} {verb} not match subject {m}",
-                    summary.subjects.join(", ")
+                    bounded_list(&summary.subjects)
                 ));
             }
         }
@@ -639,6 +639,22 @@ impl CertAuthority {
         }
         Ok(summary)
     }
+}
+
+/// At most the first five items, joined by `, `, then how many more: a certificate may carry
+/// any number of SANs, a message should stay short.
+fn bounded_list(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 /// An issuer matcher as messages show it: the URL as is, or `regex "..."`.
@@ -1698,6 +1714,24 @@ pub(crate) mod tests {
         }
         let (_, summary) = check(exact("alice")).unwrap();
         assert_eq!(summary.subjects.len(), 5);
+        assert_eq!(
+            summary.to_string(),
+            "dev@example.com, https://github.com/org/repo/.github/workflows/release.yml@refs/tags/v1, build.example.com, 10.0.0.1, alice (issuer https://issuer.example.com)"
+        );
+        // Many SANs: the message names the first five and counts the rest.
+        let names: Vec<String> = (0..40).map(|i| format!("u{i}@example.com")).collect();
+        let mut spec = Spec::leaf(T);
+        spec.sans = names.iter().map(|n| San::Email(n)).collect();
+        let many = make(&spec, Some(&inter));
+        let ca = authority(
+            &root,
+            &[&inter],
+            identity("x@y", "https://issuer.example.com"),
+        );
+        assert_eq!(
+            reason(ca.verify_leaf(&many.der, &[], T)),
+            "identities u0@example.com, u1@example.com, u2@example.com, u3@example.com, u4@example.com and 35 more do not match subject \"x@y\""
+        );
         // No SAN at all, with a subject required.
         let mut spec = Spec::leaf(T);
         spec.subject = "no-san";
