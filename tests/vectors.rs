@@ -1,7 +1,9 @@
 //! Real cosign-made signatures (`../shared/testdata/cosign-real`, see its README) through
 //! `verify::cosign::verify_layer`. Every key-based container-image signature case of
-//! vectors.json runs, plus the other-attachment case; the expected result comes from the
-//! file, never from this test. Skipped cases are listed with the reason.
+//! vectors.json runs (plus the other-attachment case), and every certificate-based one
+//! (identity `fulcio` or `x509-pki` with a payload) with an `Authority::Certificates` built
+//! from the case's trust files; the expected result comes from the file, never from this
+//! test. Skipped cases are listed with the reason.
 //!
 //! Without the folder (e.g. outside this workspace) the tests print a notice and pass.
 
@@ -10,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use cri_guard::verify::cosign::{
-    Authority, BUNDLE_ANNOTATION, Expected, IdentityMatch, PublicKey, RekorKeys,
-    SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SigLayer, verify_layer,
+    Authority, BUNDLE_ANNOTATION, CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, CertAuthority,
+    CertIdentity, Expected, IdentityMatch, Matcher, PublicKey, RekorKeys, SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING_MEDIA_TYPE, SigLayer, TrustedRoot, Verified, verify_layer,
 };
 use oci_client::Reference;
 use serde_json::Value;
@@ -97,6 +100,280 @@ fn transform(how: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The layer a registry would serve for this case, with its certificate and chain
+/// annotations when the case has them.
+fn cert_layer(dir: &Path, case: &Value) -> SigLayer {
+    let mut layer = layer(dir, case);
+    if let Some(f) = s(case, "certificate_file") {
+        layer
+            .annotations
+            .insert(CERTIFICATE_ANNOTATION.to_owned(), read_string(dir, f));
+    }
+    if let Some(f) = s(case, "chain_file") {
+        layer
+            .annotations
+            .insert(CHAIN_ANNOTATION.to_owned(), read_string(dir, f));
+    }
+    layer
+}
+
+/// The identity a certificate case requires: `required_*` overrides the certificate's own
+/// `san_email` / `oidc_issuer`.
+fn cert_identity(case: &Value) -> CertIdentity {
+    let identity = &case["identity"];
+    let pick = |required: &str, own: &str| {
+        s(identity, required)
+            .or(s(identity, own))
+            .map(|v| Matcher::Exact(v.to_owned()))
+    };
+    CertIdentity {
+        subject: pick("required_san_email", "san_email"),
+        issuer: pick("required_oidc_issuer", "oidc_issuer"),
+    }
+}
+
+/// The certificate authority a case configures: Fulcio's root (`fulcio_root_file`), or a
+/// PKI's roots and intermediates (`ca_roots_file`, `ca_intermediates_file`).
+fn cert_authority(dir: &Path, case: &Value) -> CertAuthority {
+    let name = s(case, "name").expect("name");
+    let roots = s(case, "fulcio_root_file")
+        .or(s(case, "ca_roots_file"))
+        .unwrap_or_else(|| panic!("{name}: no root file"));
+    let roots_pem = read(dir, roots);
+    let intermediates = s(case, "ca_intermediates_file").map(|f| (f, read(dir, f)));
+    CertAuthority::from_named_pems(
+        name,
+        (roots, &roots_pem),
+        intermediates.as_ref().map(|(f, pem)| (*f, pem.as_slice())),
+        cert_identity(case),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The `Expected` of a case: its image digest and reference, and the docker-reference match
+/// its claimed reference calls for.
+fn expectation(dir: &Path, case: &Value) -> (String, Reference, IdentityMatch) {
+    let digest = image_digest(dir, case);
+    let claimed = s(case, "claimed_docker_reference");
+    let image = s(case, "image_reference_under_test")
+        .or(claimed)
+        .unwrap_or("example.invalid/no-reference");
+    let reference: Reference = image.parse().expect("image reference");
+    let identity = if claimed.is_some_and(has_tag) {
+        IdentityMatch::Exact
+    } else {
+        IdentityMatch::Repository
+    };
+    (digest, reference, identity)
+}
+
+fn rekor_of(dir: &Path, case: &Value) -> Option<RekorKeys> {
+    s(case, "rekor_pub_key_file").map(|f| {
+        let pem = read(dir, f);
+        RekorKeys::from_named_pems([(f, pem.as_slice())]).expect("Rekor key")
+    })
+}
+
+/// Runs one certificate case with `authority` and `rekor`; returns whether the outcome is the
+/// `expected` one, after printing it.
+fn run_cert_case(
+    label: &str,
+    dir: &Path,
+    case: &Value,
+    authority: CertAuthority,
+    rekor: Option<&RekorKeys>,
+    expected: &str,
+) -> bool {
+    let layer = cert_layer(dir, case);
+    let (digest, reference, identity) = expectation(dir, case);
+    let got = verify_layer(
+        &layer,
+        &Authority::Certificates(authority),
+        &Expected {
+            digest: &digest,
+            reference: &reference,
+            identity: &identity,
+        },
+        rekor,
+    );
+    let ok = match expected {
+        "verified" => got.is_ok(),
+        "rejected" => got.is_err(),
+        other => panic!("{label}: unknown expected {other:?}"),
+    };
+    let shown = match &got {
+        Ok(Verified {
+            key,
+            tlog,
+            identity,
+        }) => format!(
+            "verified by {key} (tlog: {tlog}), {}",
+            identity.as_deref().unwrap_or("-")
+        ),
+        Err(f) => format!("rejected: {f}"),
+    };
+    println!(
+        "{} {label:48} expected {expected:8}: {shown}",
+        if ok { "ok  " } else { "FAIL" }
+    );
+    if let Ok(v) = &got {
+        assert_eq!(v.tlog, rekor.is_some(), "{label}: tlog flag");
+        assert!(v.identity.is_some(), "{label}: certificate identity");
+    }
+    ok
+}
+
+/// Every certificate-based (Fulcio keyless, BYO-PKI) container-image case of vectors.json comes
+/// out as the file says, with trust from the case's own files; a case's positive variant
+/// (`note_positive_variant`: trusting the Fulcio intermediate + root bundle instead of the root
+/// alone) verifies.
+#[test]
+fn certificate_vectors() {
+    let Some((dir, cases)) = cases() else { return };
+    let v: Value =
+        serde_json::from_slice(&read(&dir, "vectors.json")).expect("vectors.json is JSON");
+    let mut wrong = Vec::new();
+    let mut ran = 0;
+    for case in &cases {
+        let name = s(case, "name").expect("name");
+        let kind = s(&case["identity"], "type");
+        if !matches!(kind, Some("fulcio" | "x509-pki")) || s(case, "payload_file").is_none() {
+            continue;
+        }
+        let expected = s(case, "expected").expect("expected");
+        let rekor = rekor_of(&dir, case);
+        ran += 1;
+        if !run_cert_case(
+            name,
+            &dir,
+            case,
+            cert_authority(&dir, case),
+            rekor.as_ref(),
+            expected,
+        ) {
+            wrong.push(name.to_owned());
+        }
+        if let Some(note) = s(case, "note_positive_variant") {
+            // The note says which trust makes the same input verify: the Fulcio bundle
+            // (intermediate + root) the file lists as `trust.fulcio_intermediate_and_root`.
+            assert!(
+                note.contains("fulcio-chain.pem") && note.contains("verify"),
+                "{name}: unexpected positive-variant note {note:?}"
+            );
+            let bundle = s(&v["trust"], "fulcio_intermediate_and_root").expect("trust bundle");
+            let authority = CertAuthority::from_bundle_pem(
+                name,
+                bundle,
+                &read(&dir, bundle),
+                cert_identity(case),
+            )
+            .expect("bundle authority");
+            ran += 1;
+            let label = format!("{name} (trusting {bundle})");
+            if !run_cert_case(&label, &dir, case, authority, rekor.as_ref(), "verified") {
+                wrong.push(label);
+            }
+        }
+    }
+    println!("{ran} certificate runs");
+    assert!(ran >= 10, "only {ran} certificate runs");
+    assert!(wrong.is_empty(), "cases with the wrong result: {wrong:?}");
+}
+
+/// The Fulcio cases whose `verification_time` is the SET's integratedTime need that time: the
+/// same inputs without Rekor (checked at the current time, as cosign with
+/// `--insecure-ignore-tlog`) are refused because the 10-minute certificate has expired.
+#[test]
+fn certificate_vectors_need_the_set_time() {
+    let Some((dir, cases)) = cases() else { return };
+    let mut ran = 0;
+    for case in &cases {
+        let name = s(case, "name").expect("name");
+        let Some(time) = s(case, "verification_time") else {
+            continue;
+        };
+        if !time.starts_with("SET integratedTime")
+            || s(case, "expected") != Some("verified")
+            || s(case, "payload_file").is_none()
+        {
+            continue;
+        }
+        let layer = cert_layer(&dir, case);
+        let (digest, reference, identity) = expectation(&dir, case);
+        let got = verify_layer(
+            &layer,
+            &Authority::Certificates(cert_authority(&dir, case)),
+            &Expected {
+                digest: &digest,
+                reference: &reference,
+                identity: &identity,
+            },
+            None,
+        );
+        println!("{name:42} without Rekor: {got:?}");
+        let msg = got.expect_err("verified without the SET time").to_string();
+        assert!(
+            msg.contains("expired at") && msg.contains("checked at current time"),
+            "{name}: {msg}"
+        );
+        ran += 1;
+    }
+    assert!(ran >= 2, "only {ran} cases");
+}
+
+/// With trust taken from the sigstore trusted root (`trust.sigstore_trusted_root`: Fulcio CAs
+/// and the Rekor key) instead of separate files, the Fulcio cases the file expects to verify
+/// still verify, and those rejected for their identity (`required_san_email`,
+/// `required_oidc_issuer`) are still rejected. Cases rejected for missing trust material
+/// (chain, Rekor key) do not apply: the trusted root supplies that material.
+#[test]
+fn certificate_vectors_with_trusted_root() {
+    let Some((dir, cases)) = cases() else { return };
+    let v: Value =
+        serde_json::from_slice(&read(&dir, "vectors.json")).expect("vectors.json is JSON");
+    let file = s(&v["trust"], "sigstore_trusted_root").expect("trusted root");
+    let root = TrustedRoot::from_json(file, &read(&dir, file)).expect("trusted root loads");
+    let expected_log = s(&v["trust"], "rekor_log_id").expect("rekor_log_id");
+    assert_eq!(
+        root.rekor_keys().log_ids().collect::<Vec<_>>(),
+        [expected_log],
+        "the trusted root's Rekor key is the production key"
+    );
+    let mut wrong = Vec::new();
+    let mut ran = 0;
+    for case in &cases {
+        let name = s(case, "name").expect("name");
+        let identity = &case["identity"];
+        if s(identity, "type") != Some("fulcio") || s(case, "payload_file").is_none() {
+            continue;
+        }
+        let expected = s(case, "expected").expect("expected");
+        let identity_case = s(identity, "required_san_email").is_some()
+            || s(identity, "required_oidc_issuer").is_some();
+        if expected != "verified" && !identity_case {
+            continue;
+        }
+        let authority = root
+            .cert_authority(file, cert_identity(case))
+            .expect("authority");
+        ran += 1;
+        let label = format!("{name} (trust from {file})");
+        if !run_cert_case(
+            &label,
+            &dir,
+            case,
+            authority,
+            Some(root.rekor_keys()),
+            expected,
+        ) {
+            wrong.push(label);
+        }
+    }
+    println!("{ran} cases with the trusted root");
+    assert!(ran >= 3, "only {ran} runs");
+    assert!(wrong.is_empty(), "cases with the wrong result: {wrong:?}");
+}
+
 /// The layer a registry would serve for this case.
 fn layer(dir: &Path, case: &Value) -> SigLayer {
     let payload_file = s(case, "payload_file").expect("payload_file");
@@ -171,7 +448,7 @@ fn skip_reason(case: &Value) -> Option<String> {
         Some("public-key") => None,
         None if s(case, "public_key_file").is_some() => None,
         Some(other) => Some(format!(
-            "identity {other}: certificate-based, not key-based"
+            "identity {other}: certificate-based (see certificate_vectors)"
         )),
         None => Some("no identity and no key".into()),
     }

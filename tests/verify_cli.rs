@@ -195,7 +195,8 @@ fn check_config_validates_policies() {
     assert!(
         err.lines()
             .filter(|l| l.trim_start().starts_with("- "))
-            .all(|l| l.contains("cannot read key file") || l.contains("cannot read trustedRoot file")),
+            .all(|l| l.contains("cannot read key file")
+                || l.contains("cannot read trustedRoot file")),
         "{err}"
     );
 }

@@ -716,7 +716,7 @@ impl Parser<'_> {
                 let ct = self.table(&key, &t[kind])?;
                 let (ca, trusted_rekor) = self.cert_authority(&key, &name, ct, keyless)?;
                 if rekor.is_none() && !ignore_tlog {
-                    rekor = trusted_rekor;
+                    rekor = trusted_rekor.filter(|k| !k.is_empty());
                 }
                 if keyless && rekor.is_none() && !ignore_tlog {
                     self.problems.push(format!(
@@ -783,12 +783,12 @@ impl Parser<'_> {
         let mut roots_pem = None;
         if let Some(v) = t.get("roots") {
             let s = self.string(&format!("{at}.roots"), v)?;
-            roots_pem = Some(self.read_file(at, "roots file", &s)?);
+            roots_pem = Some((self.read_file(at, "roots file", &s)?, s));
         }
         let mut intermediates_pem = None;
         if let Some(v) = t.get("intermediates") {
             let s = self.string(&format!("{at}.intermediates"), v)?;
-            intermediates_pem = Some(self.read_file(at, "intermediates file", &s)?);
+            intermediates_pem = Some((self.read_file(at, "intermediates file", &s)?, s));
         }
         let mut trusted = None;
         if let Some(v) = t.get("trustedRoot") {
@@ -815,11 +815,23 @@ impl Parser<'_> {
             } else {
                 "needs `roots`: your CA's root certificates (PEM)".to_string()
             }),
-            (Some(roots), None) => {
-                CertAuthority::from_pem(name, &roots, intermediates_pem.as_deref(), identity)
-                    .map(|ca| (ca, None))
+            // A keyless `roots` file is typically Fulcio's chain (intermediate + root):
+            // self-signed certificates become anchors, the others intermediates.
+            (Some((roots, label)), None) if keyless => {
+                CertAuthority::from_bundle_pem(name, &label, &roots, identity).map(|ca| (ca, None))
             }
-            (None, Some(tr)) => Ok((tr.authority(name, identity), Some(tr.rekor_keys()))),
+            (Some((roots, label)), None) => CertAuthority::from_named_pems(
+                name,
+                (&label, &roots),
+                intermediates_pem
+                    .as_ref()
+                    .map(|(pem, l)| (l.as_str(), pem.as_slice())),
+                identity,
+            )
+            .map(|ca| (ca, None)),
+            (None, Some(tr)) => tr
+                .cert_authority(name, identity)
+                .map(|ca| (ca, Some(tr.rekor_keys().clone()))),
         };
         match built {
             Ok(x) => Some(x),

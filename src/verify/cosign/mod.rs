@@ -1,23 +1,34 @@
-//! Key-based verification of one cosign signature layer (`sha256-<digest>.sig` manifests):
-//! signature over the exact payload bytes, optional offline Rekor bundle, then the payload's
-//! claims (type, digest, docker-reference).
+//! Verification of one cosign signature layer (`sha256-<digest>.sig` manifests) against one
+//! [`Authority`]: a public key, or a certificate authority (keyless/Fulcio or your own PKI)
+//! plus the identity its signing certificate must carry. Signature over the exact payload
+//! bytes, optional offline Rekor bundle, then the payload's claims (type, digest,
+//! docker-reference).
 //!
-//! The signature math is sigstore's; this module adds the checks sigstore 0.15 lacks
-//! (design.md section 5), each pinned by a real cosign vector in `tests/vectors.rs`:
+//! The signature math is sigstore's (and `p384`/`ed25519-dalek` where it has gaps); this
+//! module adds the checks sigstore 0.15 lacks (design.md section 5), each pinned by a real
+//! cosign vector in `tests/vectors.rs`:
 //! - docker-reference matching ([`IdentityMatch`]); sigstore checks none, so a signature
 //!   copied from another repository verifies there;
-//! - the legacy Rekor bundle's entry body must be about this payload, signature and key, not
-//!   only carry a valid SET (`rekor.rs`); sigstore's SET check is also not public;
+//! - the legacy Rekor bundle's entry body must be about this payload, signature and key or
+//!   certificate, not only carry a valid SET (`rekor.rs`); sigstore's SET check is also not
+//!   public;
+//! - certificate signers (`x509.rs`): the chain is built from the configured roots and
+//!   intermediates plus the layer's untrusted `dev.sigstore.cosign/chain`, and checked at the
+//!   Rekor integration time (or now, without Rekor), where sigstore checks at now and trusts
+//!   every configured certificate as a root; SAN/issuer matching with regexes; a sigstore
+//!   `trusted_root.json` read offline (`trusted_root.rs`);
 //! - a layer that is not `application/vnd.dev.cosign.simplesigning.v1+json` is one failed
 //!   layer here, where sigstore's Client fails the whole fetch and hides valid signatures
 //!   next to it (the caller verifies layer by layer);
 //! - verification without a registry: sigstore's verified `SignatureLayer` can only be built
 //!   inside the crate;
-//! - operator-facing key errors (`keys.rs`).
+//! - operator-facing key and certificate errors (`keys.rs`, `x509.rs`).
 //!
-//! Order of checks: media type, signature annotation, signature over the exact bytes, Rekor
-//! bundle (when required), and only then is the payload parsed (serde_json, never
-//! re-serialized): type, digest, identity.
+//! Order of checks: media type, signature annotation; for a key, the signature over the exact
+//! bytes, then the Rekor bundle (when required); for certificates, the certificate and chain
+//! annotations, the signature with the leaf's key, the Rekor bundle (when required; it gives
+//! the time), then chain, usage and identity at that time. Only then is the payload parsed
+//! (serde_json, never re-serialized): type, digest, docker-reference.
 
 pub mod attest;
 mod identity;
@@ -36,7 +47,11 @@ pub use identity::IdentityMatch;
 pub use keys::{KeyError, PublicKey};
 pub use rekor::RekorKeys;
 pub use trusted_root::TrustedRoot;
-pub use x509::{CertAuthority, CertIdentity, LeafSummary, Matcher, pem_certificates};
+pub use x509::{
+    CertAuthority, CertIdentity, LeafSummary, MAX_CHAIN_CERTIFICATES, Matcher,
+    OID_FULCIO_ISSUER_V1, OID_FULCIO_ISSUER_V2, OID_FULCIO_USERNAME, pem_certificates,
+    split_anchors,
+};
 
 /// Who may have signed: a public key, or certificates issued by a CA (keyless/Fulcio or your
 /// own PKI) to a given identity.
@@ -64,6 +79,11 @@ pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesi
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 /// Layer annotation holding the legacy Rekor bundle (SET + entry).
 pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// Layer annotation holding the signing certificate (PEM) of a keyless or PKI signature.
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// Layer annotation holding the certificate chain (PEM, intermediates then root) that came
+/// with the signing certificate; untrusted, it may only complete a path.
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
 /// The only payload type a container image signature may have.
 pub const COSIGN_SIGNATURE_TYPE: &str = "cosign container image signature";
 
@@ -93,10 +113,13 @@ pub struct Expected<'a> {
 /// A layer that verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// Name of the attestor key that verified it.
+    /// Name of the attestor (key or certificate authority) that verified it.
     pub key: String,
     /// Whether a Rekor bundle was checked (SET and entry binding).
     pub tlog: bool,
+    /// For certificate signers, what the signing certificate says, e.g.
+    /// `mitr@redhat.com (issuer https://github.com/login/oauth)` (escaped for display).
+    pub identity: Option<String>,
 }
 
 /// Why a layer didn't verify. The message is short and says what to look at; text taken from
@@ -255,10 +278,18 @@ struct Image {
     docker_manifest_digest: String,
 }
 
-/// Verify one signature layer with one key. With `rekor: Some`, a legacy bundle must be
+/// Verify one signature layer with one authority. With `rekor: Some`, a legacy bundle must be
 /// present and valid: SET signature by a Rekor key whose logID matches, and the Rekor entry
 /// body (hashedrekord 0.0.1, or rekord 0.0.1 with an x509 key) must name this payload's
-/// sha256, this signature and this public key. With `None` the bundle is ignored.
+/// sha256, this signature and this public key (for a key) or this signing certificate (for
+/// certificates). With `None` the bundle is ignored.
+///
+/// For [`Authority::Certificates`] the layer must carry its signing certificate
+/// ([`CERTIFICATE_ANNOTATION`], one PEM certificate) and may carry a chain
+/// ([`CHAIN_ANNOTATION`], untrusted intermediates). The certificate is checked by
+/// [`CertAuthority::verify_leaf_at`] at the bundle's integrated time when `rekor` is `Some`,
+/// else at the current time (as cosign with `--insecure-ignore-tlog`; a Fulcio certificate,
+/// valid for 10 minutes, then fails as expired).
 pub fn verify_layer(
     layer: &SigLayer,
     authority: &Authority,
@@ -276,29 +307,30 @@ pub fn verify_layer(
         .filter(|s| !s.is_empty())
         .ok_or(Failure::NoSignature)?;
     let signature = decode_base64(signature).ok_or(Failure::SignatureNotBase64)?;
-    let key = match authority {
-        Authority::Key(key) => key,
-        Authority::Certificates(_) => {
-            return Err(Failure::Certificate {
-                reason: "certificate verification is not built yet".into(),
-            });
+    let (tlog, identity) = match authority {
+        Authority::Key(key) => {
+            if !key.verifies(&signature, &layer.payload) {
+                return Err(Failure::BadSignature {
+                    key: key.name().to_owned(),
+                });
+            }
+            let tlog = match rekor {
+                None => false,
+                Some(rekor) => {
+                    let bundle = layer
+                        .annotations
+                        .get(BUNDLE_ANNOTATION)
+                        .ok_or(Failure::NoBundle)?;
+                    let signer = rekor::EntrySigner::Key(key);
+                    rekor::check_bundle(bundle, &layer.payload, &signature, signer, rekor)?;
+                    true
+                }
+            };
+            (tlog, None)
         }
-    };
-    if !key.verifies(&signature, &layer.payload) {
-        return Err(Failure::BadSignature {
-            key: key.name().to_owned(),
-        });
-    }
-
-    let tlog = match rekor {
-        None => false,
-        Some(rekor) => {
-            let bundle = layer
-                .annotations
-                .get(BUNDLE_ANNOTATION)
-                .ok_or(Failure::NoBundle)?;
-            rekor::check_bundle(bundle, &layer.payload, &signature, key, rekor)?;
-            true
+        Authority::Certificates(ca) => {
+            let (tlog, summary) = check_certificate(layer, ca, &signature, rekor)?;
+            (tlog, Some(summary.to_string()))
         }
     };
 
@@ -320,9 +352,77 @@ pub fn verify_layer(
     }
     identity::check(&critical.identity.docker_reference, expected)?;
     Ok(Verified {
-        key: key.name().to_owned(),
+        key: authority.name().to_owned(),
         tlog,
+        identity,
     })
+}
+
+/// The certificate half of [`verify_layer`]: the signature with the leaf's key, then the
+/// trusted time (the Rekor integration time from a verified bundle about this payload,
+/// signature and certificate, or the current time without Rekor), then the chain and identity
+/// at that time. Returns whether Rekor was checked and what the leaf says.
+fn check_certificate(
+    layer: &SigLayer,
+    ca: &CertAuthority,
+    signature: &[u8],
+    rekor: Option<&RekorKeys>,
+) -> Result<(bool, LeafSummary), Failure> {
+    let fail = |reason: String| Failure::Certificate { reason };
+    let pem = layer
+        .annotations
+        .get(CERTIFICATE_ANNOTATION)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            fail(format!(
+                "layer has no {CERTIFICATE_ANNOTATION} annotation, but attestor {} accepts only certificate-signed signatures",
+                ca.name
+            ))
+        })?;
+    let certs =
+        pem_certificates(CERTIFICATE_ANNOTATION, pem.as_bytes()).map_err(|e| fail(shown(&e)))?;
+    let [leaf] = certs.as_slice() else {
+        return Err(fail(format!(
+            "the {CERTIFICATE_ANNOTATION} annotation holds {} certificates; exactly one expected",
+            certs.len()
+        )));
+    };
+    let chain = match layer.annotations.get(CHAIN_ANNOTATION) {
+        Some(c) if !c.trim().is_empty() => {
+            pem_certificates(CHAIN_ANNOTATION, c.as_bytes()).map_err(|e| fail(shown(&e)))?
+        }
+        _ => Vec::new(),
+    };
+
+    let key = x509::leaf_public_key_der(&ca.name, leaf)?;
+    if !key.verifies(signature, &layer.payload) {
+        return Err(Failure::BadSignature {
+            key: key.name().to_owned(),
+        });
+    }
+
+    let (at, source, tlog) = match rekor {
+        Some(rekor) => {
+            let bundle = layer
+                .annotations
+                .get(BUNDLE_ANNOTATION)
+                .ok_or(Failure::NoBundle)?;
+            let signer = rekor::EntrySigner::Certificate(leaf);
+            let at = rekor::check_bundle(bundle, &layer.payload, signature, signer, rekor)?;
+            (at, "Rekor integration time", true)
+        }
+        // What cosign does with --insecure-ignore-tlog: without a trusted signing time the
+        // certificate must be valid now (a 10-minute Fulcio certificate then never is).
+        None => (now_unix(), "current time", false),
+    };
+    let (_, summary) = ca.verify_leaf_at(leaf, &chain, at, source)?;
+    Ok((tlog, summary))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Standard base64 as Go's decoder reads it: `\n` and `\r` are skipped (containers/image
@@ -453,7 +553,8 @@ mod tests {
                 v,
                 Verified {
                     key: "release".into(),
-                    tlog: false
+                    tlog: false,
+                    identity: None,
                 }
             );
         }
@@ -830,6 +931,290 @@ mod tests {
             Failure::NoBundle.specificity()
                 > Failure::BadSignature { key: "k".into() }.specificity()
         );
+    }
+
+    mod certificates {
+        //! The certificate branch of verify_layer, with certificates made by x509's tests.
+
+        use super::super::x509::tests::{Made, Spec, T, identity, make, pki};
+        use super::*;
+
+        fn cert_layer(leaf: &Made, payload: &[u8]) -> (SigLayer, Vec<u8>) {
+            let sig = leaf.signer.sign(payload).unwrap();
+            let mut l = layer(payload, &sig);
+            l.annotations
+                .insert(CERTIFICATE_ANNOTATION.into(), leaf.pem());
+            (l, sig)
+        }
+
+        fn run(
+            l: &SigLayer,
+            ca: &CertAuthority,
+            rekor: Option<&RekorKeys>,
+        ) -> Result<Verified, Failure> {
+            let reference: Reference = format!("{REPO}:v1").parse().unwrap();
+            verify_layer(
+                l,
+                &Authority::Certificates(ca.clone()),
+                &Expected {
+                    digest: DIGEST,
+                    reference: &reference,
+                    identity: &IdentityMatch::Repository,
+                },
+                rekor,
+            )
+        }
+
+        fn ca_for(root: &Made) -> CertAuthority {
+            CertAuthority::from_der(
+                "test-ca",
+                vec![root.der.clone()],
+                vec![],
+                identity("dev@example.com", "https://issuer.example.com"),
+            )
+            .unwrap()
+        }
+
+        fn reason(r: Result<Verified, Failure>) -> String {
+            match r {
+                Err(Failure::Certificate { reason }) => reason,
+                other => panic!("not a certificate failure: {other:?}"),
+            }
+        }
+
+        /// Without Rekor the chain is checked now: a current certificate verifies (with the
+        /// chain annotation), a 2023 one is expired and says it was checked at the current
+        /// time.
+        #[test]
+        fn without_rekor_the_time_is_now() {
+            let now = now_unix();
+            let (root, inter) = pki();
+            let ca = ca_for(&root);
+            let leaf = make(&Spec::leaf(now), Some(&inter));
+            let (mut l, _) = cert_layer(&leaf, &payload(REPO, DIGEST));
+            l.annotations.insert(
+                CHAIN_ANNOTATION.into(),
+                format!("{}\n", leaf_chain(&inter, &root)),
+            );
+            let v = run(&l, &ca, None).unwrap();
+            assert_eq!(
+                v,
+                Verified {
+                    key: "test-ca".into(),
+                    tlog: false,
+                    identity: Some("dev@example.com (issuer https://issuer.example.com)".into()),
+                }
+            );
+            let old = make(&Spec::leaf(T), Some(&inter));
+            let (mut l, _) = cert_layer(&old, &payload(REPO, DIGEST));
+            l.annotations
+                .insert(CHAIN_ANNOTATION.into(), leaf_chain(&inter, &root));
+            let msg = reason(run(&l, &ca, None));
+            assert!(
+                msg.starts_with("expired at 2023-11-14T22:22:20Z (checked at current time "),
+                "{msg}"
+            );
+        }
+
+        fn leaf_chain(inter: &Made, root: &Made) -> String {
+            format!("{}{}", inter.pem(), root.pem())
+        }
+
+        /// With Rekor the chain is checked at the bundle's integration time, and the entry
+        /// must name this very certificate: not its bare key, not another certificate.
+        #[test]
+        fn with_rekor_the_time_is_the_integration_time() {
+            let log = FakeLog::new();
+            let keys = log.keys();
+            let (root, inter) = pki();
+            let ca = ca_for(&root);
+            let p = payload(REPO, DIGEST);
+            let leaf = make(&Spec::leaf(T), Some(&inter));
+            let (mut l, sig) = cert_layer(&leaf, &p);
+            l.annotations.insert(CHAIN_ANNOTATION.into(), inter.pem());
+            assert_eq!(run(&l, &ca, Some(&keys)), Err(Failure::NoBundle));
+
+            let mut good = l.clone();
+            good.annotations
+                .insert(BUNDLE_ANNOTATION.into(), log.bundle(&p, &sig, &leaf.pem()));
+            let v = run(&good, &ca, Some(&keys)).unwrap();
+            assert!(v.tlog);
+            assert_eq!(v.key, "test-ca");
+
+            // The entry holds the certificate's public key instead of the certificate.
+            let key_pem = x509::tests::public_key_pem(&leaf);
+            let mut wrong = l.clone();
+            wrong
+                .annotations
+                .insert(BUNDLE_ANNOTATION.into(), log.bundle(&p, &sig, &key_pem));
+            let err = run(&wrong, &ca, Some(&keys)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Rekor bundle (entry 42) does not match this signature: different certificate"
+            );
+            // Another certificate (even one for the same identity).
+            let other = make(&Spec::leaf(T), Some(&inter));
+            wrong
+                .annotations
+                .insert(BUNDLE_ANNOTATION.into(), log.bundle(&p, &sig, &other.pem()));
+            assert!(matches!(
+                run(&wrong, &ca, Some(&keys)),
+                Err(Failure::BundleMismatch {
+                    what: "certificate",
+                    ..
+                })
+            ));
+            // A certificate valid now but not at the integration time.
+            let now_leaf = make(&Spec::leaf(now_unix()), Some(&inter));
+            let (mut l, sig) = cert_layer(&now_leaf, &p);
+            l.annotations.insert(
+                BUNDLE_ANNOTATION.into(),
+                log.bundle(&p, &sig, &now_leaf.pem()),
+            );
+            l.annotations.insert(CHAIN_ANNOTATION.into(), inter.pem());
+            let msg = reason(run(&l, &ca, Some(&keys)));
+            assert!(
+                msg.starts_with("not valid before ")
+                    && msg.ends_with("(checked at Rekor integration time 2023-11-14T22:13:20Z)"),
+                "{msg}"
+            );
+        }
+
+        /// Missing, multiple and malformed certificate annotations, a malformed chain, and a
+        /// signature the leaf's key did not make, each say what is wrong.
+        #[test]
+        fn annotation_problems() {
+            let (root, inter) = pki();
+            let ca = ca_for(&root);
+            let p = payload(REPO, DIGEST);
+            let leaf = make(&Spec::leaf(now_unix()), Some(&inter));
+            let (good, _) = cert_layer(&leaf, &p);
+
+            let mut l = good.clone();
+            l.annotations.remove(CERTIFICATE_ANNOTATION);
+            assert_eq!(
+                reason(run(&l, &ca, None)),
+                "layer has no dev.sigstore.cosign/certificate annotation, but attestor test-ca accepts only certificate-signed signatures"
+            );
+            let mut l = good.clone();
+            l.annotations
+                .insert(CERTIFICATE_ANNOTATION.into(), leaf_chain(&leaf, &inter));
+            assert_eq!(
+                reason(run(&l, &ca, None)),
+                "the dev.sigstore.cosign/certificate annotation holds 2 certificates; exactly one expected"
+            );
+            let mut l = good.clone();
+            l.annotations.insert(
+                CERTIFICATE_ANNOTATION.into(),
+                "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".into(),
+            );
+            assert!(
+                reason(run(&l, &ca, None))
+                    .starts_with("the signing certificate is not a valid DER X.509 certificate")
+            );
+            let mut l = good.clone();
+            l.annotations.insert(
+                CHAIN_ANNOTATION.into(),
+                "-----BEGIN CERTIFICATE-----\n".into(),
+            );
+            assert!(reason(run(&l, &ca, None)).starts_with("dev.sigstore.cosign/chain: "));
+            l.annotations.insert(
+                CHAIN_ANNOTATION.into(),
+                "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n".into(),
+            );
+            assert!(
+                reason(run(&l, &ca, None))
+                    .starts_with("certificate #1 of the signature's chain is not a valid DER")
+            );
+
+            // Signed by someone else's key, presenting this certificate.
+            let other = Attestor::new("x", SigningScheme::ECDSA_P256_SHA256_ASN1);
+            let mut l = other.signed(&p);
+            l.annotations
+                .insert(CERTIFICATE_ANNOTATION.into(), leaf.pem());
+            assert_eq!(
+                run(&l, &ca, None).unwrap_err().to_string(),
+                "signature does not verify with key test-ca (signing certificate)"
+            );
+            // The identity is still checked after a good signature.
+            let wrong_id = CertAuthority::from_der(
+                "test-ca",
+                vec![root.der.clone()],
+                vec![inter.der.clone()],
+                identity("someone@else", "https://issuer.example.com"),
+            )
+            .unwrap();
+            assert_eq!(
+                reason(run(&good, &wrong_id, None)),
+                "identity dev@example.com does not match subject \"someone@else\""
+            );
+        }
+
+        /// Arbitrary bytes in the certificate, chain and bundle annotations never panic.
+        #[test]
+        fn no_panic_on_noise() {
+            let log = FakeLog::new();
+            let keys = log.keys();
+            let (root, inter) = pki();
+            let ca = ca_for(&root);
+            let p = payload(REPO, DIGEST);
+            let leaf = make(&Spec::leaf(T), Some(&inter));
+            let (good, sig) = cert_layer(&leaf, &p);
+            let fields = [
+                (CERTIFICATE_ANNOTATION, leaf.pem()),
+                (CHAIN_ANNOTATION, leaf_chain(&inter, &root)),
+                (BUNDLE_ANNOTATION, log.bundle(&p, &sig, &leaf.pem())),
+            ];
+            let mut state: u64 = 0x51_7cc1_b727_220a;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            for round in 0..300 {
+                let mut l = good.clone();
+                for (annotation, text) in &fields {
+                    let mut v = text.clone().into_bytes();
+                    for _ in 0..(next() % 3) {
+                        let i = (next() as usize) % v.len();
+                        v[i] = next() as u8;
+                    }
+                    if next() % 5 == 0 {
+                        v.truncate((next() as usize) % (v.len() + 1));
+                    }
+                    l.annotations.insert(
+                        (*annotation).to_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                }
+                let rekor = (round % 2 == 0).then_some(&keys);
+                let _ = run(&l, &ca, rekor);
+            }
+            // Unchanged, it verifies (so the noise hit a path that works).
+            let mut l = good;
+            for (annotation, text) in fields {
+                l.annotations.insert(annotation.to_owned(), text);
+            }
+            assert!(run(&l, &ca, Some(&keys)).is_ok());
+        }
+
+        /// A key authority ignores certificate annotations; a certificate authority refuses a
+        /// key-signed layer (no certificate) without trying anything else.
+        #[test]
+        fn authorities_do_not_mix() {
+            let a = Attestor::new("k", SigningScheme::ECDSA_P256_SHA256_ASN1);
+            let (root, inter) = pki();
+            let leaf = make(&Spec::leaf(now_unix()), Some(&inter));
+            let mut l = a.signed(&payload(REPO, DIGEST));
+            l.annotations
+                .insert(CERTIFICATE_ANNOTATION.into(), leaf.pem());
+            assert!(verify_default(&l, &a.key).is_ok());
+            assert!(matches!(
+                run(&l, &ca_for(&root), None),
+                Err(Failure::BadSignature { .. })
+            ));
+        }
     }
 
     /// Text from the layer is truncated and escaped in messages.

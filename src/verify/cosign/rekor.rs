@@ -8,8 +8,11 @@
 //!    of `Payload` (RFC 8785: keys sorted, no whitespace);
 //! 2. the entry body is about *this* signature: a `hashedrekord` 0.0.1 (or `rekord` 0.0.1
 //!    with an x509 key) whose data hash is sha256 of this payload, whose signature is this
-//!    signature, and whose public key is this key. Without 2, any genuine bundle copied from
-//!    another entry passes (vector NEG-bundle-from-other-entry).
+//!    signature, and whose public key is this key, or for keyless/PKI signatures this very
+//!    signing certificate (cosign uploads the certificate's PEM). Without 2, any genuine
+//!    bundle copied from another entry passes (vector NEG-bundle-from-other-entry), and for
+//!    certificates its integrated time, which decides whether the certificate was valid,
+//!    could be borrowed from another entry.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +56,20 @@ impl RekorKeys {
         let mut keys = RekorKeys::default();
         for (name, pem) in pems {
             keys.add(name, pem)?;
+        }
+        Ok(keys)
+    }
+
+    /// From DER SubjectPublicKeyInfos with the operator's name for each (e.g. the `tlogs` of a
+    /// sigstore trusted root).
+    pub fn from_spki_ders<'a>(
+        ders: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<RekorKeys, KeyError> {
+        let mut keys = RekorKeys::default();
+        for (name, der) in ders {
+            let key = PublicKey::from_spki_der(name, der)?;
+            keys.by_log_id
+                .insert(hex(&Sha256::digest(key.spki_der())), key);
         }
         Ok(keys)
     }
@@ -230,15 +247,26 @@ fn verify_set_parts(p: &BundlePayload, set_b64: &str, rekor: &RekorKeys) -> Resu
     })
 }
 
-/// Checks a bundle annotation against the payload, the raw signature and the key it verified
-/// with. Order: shape, trusted log, SET, entry kind, then the three bindings.
+/// What the Rekor entry must name as the signer: the key a signature verified with, or the
+/// signing certificate (DER) for keyless and PKI signatures, which cosign uploads as is.
+#[derive(Clone, Copy)]
+pub(super) enum EntrySigner<'a> {
+    /// A public key: the entry must hold this key's `PUBLIC KEY` PEM.
+    Key(&'a PublicKey),
+    /// A certificate (DER): the entry must hold this certificate's PEM.
+    Certificate(&'a [u8]),
+}
+
+/// Checks a bundle annotation against the payload, the raw signature and who signed it, and
+/// returns the entry's integrated time (Unix seconds), the trusted signing time. Order: shape,
+/// trusted log, SET, entry kind, then the three bindings.
 pub(super) fn check_bundle(
     raw: &str,
     payload: &[u8],
     signature: &[u8],
-    key: &PublicKey,
+    signer: EntrySigner<'_>,
     rekor: &RekorKeys,
-) -> Result<(), Failure> {
+) -> Result<i64, Failure> {
     let entry = verify_set(raw, rekor)?;
     let body: Body = serde_json::from_slice(&entry.body).map_err(|e| {
         malformed(format!(
@@ -272,16 +300,21 @@ pub(super) fn check_bundle(
     }
     let entry_key = decode_base64(&body.spec.signature.public_key.content)
         .ok_or_else(|| malformed("entry public key is not base64"))?;
-    let blocks = pem_blocks(&entry_key).map_err(|_| mismatch("public key"))?;
-    let same_key = match blocks.as_slice() {
-        [block] if block.label == "PUBLIC KEY" => block.decode().as_deref() == Some(key.spki_der()),
-        // A certificate (keyless entry) or anything else: not this key.
+    let (label, der, what) = match signer {
+        EntrySigner::Key(key) => ("PUBLIC KEY", key.spki_der(), "public key"),
+        EntrySigner::Certificate(cert) => ("CERTIFICATE", cert, "certificate"),
+    };
+    let blocks = pem_blocks(&entry_key).map_err(|_| mismatch(what))?;
+    // Exactly one block of the expected kind: a certificate where a key is expected (or the
+    // other way round) is another signer, as is a chain.
+    let same = match blocks.as_slice() {
+        [block] if block.label == label => block.decode().as_deref() == Some(der),
         _ => false,
     };
-    if !same_key {
-        return Err(mismatch("public key"));
+    if !same {
+        return Err(mismatch(what));
     }
-    Ok(())
+    Ok(entry.integrated_time)
 }
 
 /// Lowercase hex.
@@ -403,11 +436,15 @@ pub(crate) mod tests {
         body["kind"] = "rekord".into();
         body["spec"]["signature"]["format"] = "x509".into();
         let bundle = log.bundle_with_body(&body);
-        assert!(check_bundle(&bundle, payload, &sig, &key, &log.keys()).is_ok());
+        assert_eq!(
+            check_bundle(&bundle, payload, &sig, EntrySigner::Key(&key), &log.keys()),
+            Ok(1_700_000_000)
+        );
 
         body["kind"] = "intoto".into();
         let bundle = log.bundle_with_body(&body);
-        let err = check_bundle(&bundle, payload, &sig, &key, &log.keys()).unwrap_err();
+        let err =
+            check_bundle(&bundle, payload, &sig, EntrySigner::Key(&key), &log.keys()).unwrap_err();
         assert!(matches!(err, Failure::UnsupportedEntry { .. }), "{err}");
     }
 
@@ -434,7 +471,8 @@ pub(crate) mod tests {
                 r#"{{"SignedEntryTimestamp":"!!","Payload":{{"body":"e30=","integratedTime":1,"logIndex":1,"logID":"{id}"}}}}"#
             ),
         ] {
-            let err = check_bundle(&raw, b"p", b"s", &key, &log.keys()).unwrap_err();
+            let err =
+                check_bundle(&raw, b"p", b"s", EntrySigner::Key(&key), &log.keys()).unwrap_err();
             assert!(
                 matches!(err, Failure::BundleMalformed { .. }),
                 "{raw}: {err}"
@@ -452,7 +490,7 @@ pub(crate) mod tests {
         let raw = serde_json::json!({"SignedEntryTimestamp": b64.encode(set), "Payload": {
             "body": p.body, "integratedTime": 1, "logIndex": 1, "logID": id}})
         .to_string();
-        let err = check_bundle(&raw, b"p", b"s", &key, &log.keys()).unwrap_err();
+        let err = check_bundle(&raw, b"p", b"s", EntrySigner::Key(&key), &log.keys()).unwrap_err();
         assert!(matches!(err, Failure::BundleMalformed { .. }), "{err}");
     }
 
