@@ -618,7 +618,12 @@ impl Parser<'_> {
                 }
             }
         });
-        let attestations = self.attestations(&at, t.get("attestations"), &attestors);
+        let attestations = self.attestations(
+            &at,
+            t.get("attestations"),
+            &attestors,
+            t.contains_key("attestors"),
+        );
         (self.problems.len() == before).then_some(Rule {
             name,
             image_references,
@@ -898,6 +903,7 @@ impl Parser<'_> {
         at: &str,
         v: Option<&toml::Value>,
         attestors: &[Attestor],
+        attestors_declared: bool,
     ) -> Vec<AttestationRule> {
         let Some(v) = v else { return Vec::new() };
         let Some(items) = v.as_array() else {
@@ -955,7 +961,8 @@ impl Parser<'_> {
                     "{aat}.attestors = {v} must be a non-empty list of this rule's attestor names"
                 )),
             }
-            if signers.is_empty() && !t.contains_key("attestors") {
+            // Attestors that failed to load are already reported; don't pile on.
+            if signers.is_empty() && !t.contains_key("attestors") && !attestors_declared {
                 self.problems.push(format!(
                     "{aat}: the rule has no attestors to sign it; add [[rules.attestors]]"
                 ));

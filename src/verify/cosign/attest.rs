@@ -2438,8 +2438,17 @@ mod tests {
     #[test]
     fn certificate_material_is_required() {
         let a = Attestor::new("a");
-        let ca = CertAuthority::from_der("fulcio", Vec::new(), Vec::new(), CertIdentity::default())
-            .unwrap();
+        let root = crate::verify::cosign::x509::tests::make(
+            &crate::verify::cosign::x509::tests::Spec::ca("root"),
+            None,
+        );
+        let ca = CertAuthority::from_der(
+            "fulcio",
+            vec![root.der],
+            Vec::new(),
+            CertIdentity::default(),
+        )
+        .unwrap();
         let authority = Authority::Certificates(ca);
         let (env, _) = a.envelope(IN_TOTO_PAYLOAD_TYPE, &slsa());
         let err =
