@@ -117,6 +117,10 @@ async fn real_keyless_signature_offline() {
     let (ok, out) = verify(&p, &image);
     assert!(ok, "{out}");
     assert!(out.starts_with("ALLOW"), "{out}");
+    assert!(
+        out.contains("signed by mitr as mitr@redhat.com (issuer https://github.com/login/oauth)"),
+        "{out}"
+    );
 
     // The same trust from a sigstore trusted_root.json (Fulcio CAs and Rekor keys), regex identity.
     let p = policy(

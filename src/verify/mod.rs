@@ -804,8 +804,8 @@ async fn verify_signatures(
         identity: &rule.identity,
     };
     let mut signed_by = Vec::new();
-    for attestor in &rule.attestors {
-        let mut ok = false;
+    let mut signed = vec![false; rule.attestors.len()];
+    for (i, attestor) in rule.attestors.iter().enumerate() {
         for layer in &layers {
             match cosign::verify_layer(
                 layer,
@@ -813,15 +813,17 @@ async fn verify_signatures(
                 &expected,
                 attestor.rekor.as_ref(),
             ) {
-                Ok(_) => {
-                    ok = true;
+                Ok(v) => {
+                    signed[i] = true;
+                    // A certificate signer is named with the identity it proved.
+                    signed_by.push(match v.identity {
+                        Some(id) => format!("{} as {id}", attestor.name),
+                        None => attestor.name.clone(),
+                    });
                     break;
                 }
                 Err(f) => failures.push(f),
             }
-        }
-        if ok {
-            signed_by.push(attestor.name.clone());
         }
     }
     if signed_by.len() >= rule.count {
@@ -831,8 +833,9 @@ async fn verify_signatures(
         let missing: Vec<&str> = rule
             .attestors
             .iter()
-            .map(|a| a.name.as_str())
-            .filter(|n| !signed_by.iter().any(|s| s == n))
+            .zip(&signed)
+            .filter(|(_, s)| !**s)
+            .map(|(a, _)| a.name.as_str())
             .collect();
         return Err(Denial::new(format!(
             "signed by {} of the {} required attestors ({}); not signed by {}",
