@@ -333,3 +333,39 @@ async fn sandbox_image_is_checked() {
     let d = g.verifier.check_sandbox_image().await.unwrap();
     assert!(d.allowed && d.rule == "pause", "{d:?}");
 }
+
+/// A rule's required attestations also hold at CreateContainer: a signed image without the
+/// SBOM, pulled straight from containerd, can't be run; the same kind of image with a signed
+/// SBOM can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_requires_attestations() {
+    const SPDX: &str = "https://spdx.dev/Document";
+    let g = Guarded::start(|bed, key| {
+        format!(
+            "{}[[rules.attestations]]\npredicateType = \"spdxjson\"\n",
+            enforce_rule(bed, key)
+        )
+    })
+    .await;
+    let reg = g.bed.registry.addr().to_string();
+    let pod = sandbox(&g.bed, "default").await;
+
+    let (bare, _) = g.push_signed("no-sbom", "v1");
+    let id = pull_direct(&g.bed, &bare, None).await;
+    assert_create_denied(
+        create_via(&g.proxy.path, &pod, &id, &bare).await,
+        &bare,
+        SPDX,
+    );
+    assert_eq!(containers(&g.bed).await, 0);
+
+    let (attested, d) = g.bed.registry.push("with-sbom", "v1", Some("with-sbom"));
+    sign::sign_image(&reg, None, "with-sbom", &d, &g.key);
+    let sbom = serde_json::json!({ "spdxVersion": "SPDX-2.3", "name": "with-sbom" });
+    sign::attest_image(&reg, "with-sbom", &d, &[(&g.key, SPDX, sbom)]);
+    let id = pull_direct(&g.bed, &attested, None).await;
+    create_via(&g.proxy.path, &pod, &id, &attested)
+        .await
+        .expect("an image with its signed SBOM runs");
+    assert_eq!(containers(&g.bed).await, 1);
+}
