@@ -75,12 +75,12 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::keys::pem_blocks;
 use super::rekor::{self, RekorKeys, hex};
 use super::{
     Authority, BUNDLE_ANNOTATION, Failure, LeafSummary, PublicKey, SigLayer, decode_base64,
-    pem_certificates, shown,
+    layer_certificates, now_unix, shown,
 };
+pub use super::{CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION};
 
 /// Media type of a cosign attestation layer: the blob is a DSSE envelope.
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
@@ -90,10 +90,6 @@ pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 pub const BUNDLE_V03_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 /// Media type of a sigstore bundle v0.2; same layout for what is checked here.
 pub const BUNDLE_V02_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle+json;version=0.2";
-/// Layer annotation holding the signing certificate (PEM) of a keyless attestation.
-pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
-/// Layer annotation holding the certificate chain (PEM, intermediates first).
-pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
 /// in-toto Statement `_type` v0.1 (what cosign writes).
 pub const STATEMENT_V01: &str = "https://in-toto.io/Statement/v0.1";
 /// in-toto Statement `_type` v1.
@@ -619,32 +615,23 @@ impl Signer<'_> {
         }
     }
 
+    /// The same signer as a Rekor entry must name it.
+    fn entry_signer(&self) -> rekor::EntrySigner<'_> {
+        match self {
+            Signer::Key(key) => rekor::EntrySigner::Key(key),
+            Signer::Cert { leaf_der, .. } => rekor::EntrySigner::Certificate(leaf_der),
+        }
+    }
+
     /// What a Rekor entry names this signer as, for mismatch messages.
     fn what(&self) -> &'static str {
-        match self {
-            Signer::Key(_) => "public key",
-            Signer::Cert { .. } => "certificate",
-        }
+        self.entry_signer().what()
     }
 
     /// Whether `b64_pem` (base64 of a PEM, as Rekor stores keys) is this signer: the same
     /// SubjectPublicKeyInfo for a key, the same certificate for a certificate.
     fn is_named_by(&self, b64_pem: &str) -> bool {
-        let Some(pem) = decode_base64(b64_pem) else {
-            return false;
-        };
-        let Ok(blocks) = pem_blocks(&pem) else {
-            return false;
-        };
-        match (self, blocks.as_slice()) {
-            (Signer::Key(key), [block]) if block.label == "PUBLIC KEY" => {
-                block.decode().as_deref() == Some(key.spki_der())
-            }
-            (Signer::Cert { leaf_der, .. }, [block]) if block.label == "CERTIFICATE" => {
-                block.decode().as_deref() == Some(leaf_der.as_slice())
-            }
-            _ => false,
-        }
+        decode_base64(b64_pem).is_some_and(|pem| self.entry_signer().is_named_by_pem(&pem))
     }
 }
 
@@ -674,14 +661,6 @@ fn signer<'a>(
             })
         }
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_secs()).ok())
-        .unwrap_or(i64::MAX)
 }
 
 /// The envelope's signature by `signer` over PAE, or the failure naming the key and type.
@@ -756,8 +735,12 @@ pub fn verify_attestation_layer(
             Some(rekor::verify_set(raw, keys)?)
         }
     };
-    let at = entry.as_ref().map_or_else(now, |e| e.integrated_time);
-    let signer = signer(authority, || layer_certificates(layer), &[at])?;
+    let at = entry.as_ref().map_or_else(now_unix, |e| e.integrated_time);
+    let signer = signer(
+        authority,
+        || layer_certificates(layer, authority.name()),
+        &[at],
+    )?;
     let sig = verified_signature(&envelope, &signer)?;
     if let Some(entry) = &entry {
         bind_entry(
@@ -777,30 +760,6 @@ pub fn verify_attestation_layer(
         tlog: entry.is_some(),
         integrated_time: entry.map(|e| e.integrated_time),
     })
-}
-
-/// The leaf and chain (DER) from a layer's certificate and chain annotations.
-fn layer_certificates(layer: &SigLayer) -> Result<(Vec<u8>, Vec<Vec<u8>>), Failure> {
-    let cert_failure = |reason: String| Failure::Certificate { reason };
-    let pem = layer
-        .annotations
-        .get(CERTIFICATE_ANNOTATION)
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| cert_failure(format!("layer has no {CERTIFICATE_ANNOTATION} annotation")))?;
-    let mut leaf = pem_certificates("certificate annotation", pem.as_bytes())
-        .map_err(|e| cert_failure(shown(&e)))?;
-    if leaf.len() != 1 {
-        return Err(cert_failure(format!(
-            "the certificate annotation holds {} certificates; exactly one expected",
-            leaf.len()
-        )));
-    }
-    let chain = match layer.annotations.get(CHAIN_ANNOTATION) {
-        Some(pem) if !pem.is_empty() => pem_certificates("chain annotation", pem.as_bytes())
-            .map_err(|e| cert_failure(shown(&e)))?,
-        _ => Vec::new(),
-    };
-    Ok((leaf.remove(0), chain))
 }
 
 /// Verifies a DSSE envelope of a blob attestation (`cosign attest-blob`) with a key: the
@@ -2455,7 +2414,7 @@ mod tests {
             verify_attestation_layer(&att_layer(&env), &authority, &digest(), None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "certificate: layer has no dev.sigstore.cosign/certificate annotation"
+            "certificate: layer has no dev.sigstore.cosign/certificate annotation, but attestor fulcio accepts only certificate-signed signatures"
         );
         let mut layer = att_layer(&env);
         layer
@@ -2464,7 +2423,7 @@ mod tests {
         let err = verify_attestation_layer(&layer, &authority, &digest(), None).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("certificate: certificate annotation"),
+                .starts_with("certificate: dev.sigstore.cosign/certificate: "),
             "{err}"
         );
         let err = verify_blob_envelope(&env, &authority, DIGEST_HEX).unwrap_err();

@@ -368,32 +368,8 @@ fn check_certificate(
     signature: &[u8],
     rekor: Option<&RekorKeys>,
 ) -> Result<(bool, LeafSummary), Failure> {
-    let fail = |reason: String| Failure::Certificate { reason };
-    let pem = layer
-        .annotations
-        .get(CERTIFICATE_ANNOTATION)
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| {
-            fail(format!(
-                "layer has no {CERTIFICATE_ANNOTATION} annotation, but attestor {} accepts only certificate-signed signatures",
-                ca.name
-            ))
-        })?;
-    let certs =
-        pem_certificates(CERTIFICATE_ANNOTATION, pem.as_bytes()).map_err(|e| fail(shown(&e)))?;
-    let [leaf] = certs.as_slice() else {
-        return Err(fail(format!(
-            "the {CERTIFICATE_ANNOTATION} annotation holds {} certificates; exactly one expected",
-            certs.len()
-        )));
-    };
-    let chain = match layer.annotations.get(CHAIN_ANNOTATION) {
-        Some(c) if !c.trim().is_empty() => {
-            pem_certificates(CHAIN_ANNOTATION, c.as_bytes()).map_err(|e| fail(shown(&e)))?
-        }
-        _ => Vec::new(),
-    };
-
+    let (leaf, chain) = layer_certificates(layer, &ca.name)?;
+    let leaf = leaf.as_slice();
     let key = x509::leaf_public_key_der(&ca.name, leaf)?;
     if !key.verifies(signature, &layer.payload) {
         return Err(Failure::BadSignature {
@@ -419,7 +395,43 @@ fn check_certificate(
     Ok((tlog, summary))
 }
 
-fn now_unix() -> i64 {
+/// The leaf certificate and the untrusted chain (DER) of a certificate-signed layer (a
+/// signature or an attestation), from its certificate and chain annotations; `attestor` is
+/// named when the certificate is missing.
+pub(super) fn layer_certificates(
+    layer: &SigLayer,
+    attestor: &str,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), Failure> {
+    let fail = |reason: String| Failure::Certificate { reason };
+    let pem = layer
+        .annotations
+        .get(CERTIFICATE_ANNOTATION)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| {
+            fail(format!(
+                "layer has no {CERTIFICATE_ANNOTATION} annotation, but attestor {attestor} accepts only certificate-signed signatures"
+            ))
+        })?;
+    let mut certs =
+        pem_certificates(CERTIFICATE_ANNOTATION, pem.as_bytes()).map_err(|e| fail(shown(&e)))?;
+    if certs.len() != 1 {
+        return Err(fail(format!(
+            "the {CERTIFICATE_ANNOTATION} annotation holds {} certificates; exactly one expected",
+            certs.len()
+        )));
+    }
+    let chain = match layer.annotations.get(CHAIN_ANNOTATION) {
+        Some(c) if !c.trim().is_empty() => {
+            pem_certificates(CHAIN_ANNOTATION, c.as_bytes()).map_err(|e| fail(shown(&e)))?
+        }
+        _ => Vec::new(),
+    };
+    Ok((certs.remove(0), chain))
+}
+
+/// The current time, Unix seconds (0 if the clock is before 1970: every certificate check
+/// then fails, closed).
+pub(super) fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -300,21 +300,34 @@ pub(super) fn check_bundle(
     }
     let entry_key = decode_base64(&body.spec.signature.public_key.content)
         .ok_or_else(|| malformed("entry public key is not base64"))?;
-    let (label, der, what) = match signer {
-        EntrySigner::Key(key) => ("PUBLIC KEY", key.spki_der(), "public key"),
-        EntrySigner::Certificate(cert) => ("CERTIFICATE", cert, "certificate"),
-    };
-    let blocks = pem_blocks(&entry_key).map_err(|_| mismatch(what))?;
-    // Exactly one block of the expected kind: a certificate where a key is expected (or the
-    // other way round) is another signer, as is a chain.
-    let same = match blocks.as_slice() {
-        [block] if block.label == label => block.decode().as_deref() == Some(der),
-        _ => false,
-    };
-    if !same {
-        return Err(mismatch(what));
+    if !signer.is_named_by_pem(&entry_key) {
+        return Err(mismatch(signer.what()));
     }
     Ok(entry.integrated_time)
+}
+
+impl EntrySigner<'_> {
+    /// What a Rekor entry names this signer as, for mismatch messages.
+    pub(super) fn what(&self) -> &'static str {
+        match self {
+            EntrySigner::Key(_) => "public key",
+            EntrySigner::Certificate(_) => "certificate",
+        }
+    }
+
+    /// Whether `pem` (a key or certificate as a Rekor entry holds it, base64-decoded) is this
+    /// signer: exactly one block of the expected kind with the same DER. A certificate where
+    /// a key is expected (or the other way round) is another signer, as is a chain.
+    pub(super) fn is_named_by_pem(&self, pem: &[u8]) -> bool {
+        let (label, der) = match self {
+            EntrySigner::Key(key) => ("PUBLIC KEY", key.spki_der()),
+            EntrySigner::Certificate(cert) => ("CERTIFICATE", *cert),
+        };
+        match pem_blocks(pem).as_deref() {
+            Ok([block]) if block.label == label => block.decode().as_deref() == Some(der),
+            _ => false,
+        }
+    }
 }
 
 /// Lowercase hex.
