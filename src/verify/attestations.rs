@@ -42,19 +42,12 @@ pub(super) async fn verify(
     let repo = rule.signatures_repository.as_ref().unwrap_or(reference);
     let tag = attachment_tag(digest, "att");
     let max = state.policy.fetch.max_attestation_size;
-    let attached = fetch_attached(state, repo, &tag, DSSE_MEDIA_TYPE, max, auth).await?;
-    let (place, layers, skipped) = match attached {
-        Some(Attached {
-            place,
-            layers,
-            skipped,
-        }) => (place, layers, skipped),
-        None => (
-            format!("{}/{}:{tag}", repo.registry(), repo.repository()),
-            Vec::new(),
-            Vec::new(),
-        ),
-    };
+    let Attached {
+        place,
+        found,
+        layers,
+        skipped,
+    } = fetch_attached(state, repo, &tag, DSSE_MEDIA_TYPE, max, auth).await?;
 
     let checked: Vec<Checked> = layers
         .iter()
@@ -129,7 +122,7 @@ pub(super) async fn verify(
     match unmet {
         None => Ok(findings),
         Some(why) => {
-            let mut d = Denial::new(if layers_absent(&checked, &skipped) {
+            let mut d = Denial::new(if !found {
                 format!("{why} (nothing at {place})")
             } else {
                 why
@@ -180,10 +173,6 @@ fn why_not_counted(rule: &Rule, attestor: usize, v: &VerifiedAttestation) -> Str
             v.signer
         )
     }
-}
-
-fn layers_absent(checked: &[Checked], skipped: &[String]) -> bool {
-    checked.is_empty() && skipped.is_empty()
 }
 
 /// The layer satisfying `req` and a description, or why none does (naming the predicate type).

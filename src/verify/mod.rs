@@ -668,12 +668,14 @@ struct OciDescriptor {
 struct Attached {
     /// `registry/repository:tag`, for messages.
     place: String,
+    /// Whether a manifest is there at all.
+    found: bool,
     layers: Vec<SigLayer>,
     skipped: Vec<String>,
 }
 
-/// Fetches the attachment at `tag` of `repo`: `Ok(None)` when there is none. Layers of other
-/// media types or over `max` bytes are skipped (and described), never fetched.
+/// Fetches the attachment at `tag` of `repo` (`found: false` when there is none). Layers of
+/// other media types or over `max` bytes are skipped (and described), never fetched.
 async fn fetch_attached(
     state: &State,
     repo: &Reference,
@@ -681,11 +683,17 @@ async fn fetch_attached(
     media_type: &str,
     max: usize,
     auth: &Auth,
-) -> Result<Option<Attached>, Denial> {
-    let place = format!("{}/{}:{tag}", repo.registry(), repo.repository());
+) -> Result<Attached, Denial> {
+    let mut attached = Attached {
+        place: format!("{}/{}:{tag}", repo.registry(), repo.repository()),
+        found: false,
+        layers: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let place = &attached.place;
     let manifest = match state.registry.manifest_at(repo, tag, auth).await {
         Ok(Some(m)) => m,
-        Ok(None) => return Ok(None),
+        Ok(None) => return Ok(attached),
         Err(e) => return Err(Denial::registry(&e, &format!("cannot fetch {place}"))),
     };
     let parsed: OciManifest = serde_json::from_slice(&manifest.body)
@@ -721,11 +729,10 @@ async fn fetch_attached(
             }
         }
     }
-    Ok(Some(Attached {
-        place,
-        layers,
-        skipped,
-    }))
+    attached.found = true;
+    attached.layers = layers;
+    attached.skipped = skipped;
+    Ok(attached)
 }
 
 /// The tag cosign attaches `suffix` (`sig`, `att`) of `digest` under.
@@ -772,21 +779,17 @@ async fn verify_signatures(
     let sig_repo = rule.signatures_repository.as_ref().unwrap_or(reference);
     let tag = attachment_tag(digest, "sig");
     let max = state.policy.fetch.max_signature_size;
-    let attached = match fetch_attached(state, sig_repo, &tag, SIMPLESIGNING, max, auth).await? {
-        Some(a) => a,
-        None => {
-            return Err(Denial::new(format!(
-                "no signature found (nothing at {}/{}:{tag})",
-                sig_repo.registry(),
-                sig_repo.repository()
-            )));
-        }
-    };
     let Attached {
         place,
+        found,
         layers,
         skipped,
-    } = attached;
+    } = fetch_attached(state, sig_repo, &tag, SIMPLESIGNING, max, auth).await?;
+    if !found {
+        return Err(Denial::new(format!(
+            "no signature found (nothing at {place})"
+        )));
+    }
     if layers.is_empty() {
         return Err(Denial::new(format!(
             "no cosign signature layer at {place} (found: {})",
