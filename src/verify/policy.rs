@@ -487,28 +487,16 @@ impl Parser<'_> {
         }
         let mut rules = Vec::new();
         let mut names = HashSet::new();
-        match t.get("rules") {
-            None => {}
-            Some(toml::Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    let at = format!("rules[{i}]");
-                    let Some(rt) = self.table(&at, item) else {
-                        continue;
-                    };
-                    if let Some(rule) = self.rule(&at, rt) {
-                        if !names.insert(rule.name.clone()) {
-                            self.problems.push(format!(
-                                "{at}: rule name {:?} is used twice; names must be unique",
-                                rule.name
-                            ));
-                        }
-                        rules.push(rule);
-                    }
+        for (at, rt) in self.tables("", "rules", "rules", t.get("rules")) {
+            if let Some(rule) = self.rule(&at, rt) {
+                if !names.insert(rule.name.clone()) {
+                    self.problems.push(format!(
+                        "{at}: rule name {:?} is used twice; names must be unique",
+                        rule.name
+                    ));
                 }
+                rules.push(rule);
             }
-            Some(_) => self
-                .problems
-                .push("`rules` must be an array of tables ([[rules]])".into()),
         }
         let cache = self.cache(t.get("cache"));
         let fetch = self.fetch(t.get("fetch"));
@@ -559,28 +547,16 @@ impl Parser<'_> {
         };
         let mut attestors = Vec::new();
         let mut attestor_names = HashSet::new();
-        match t.get("attestors") {
-            None => {}
-            Some(toml::Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    let aat = format!("{at}: attestors[{i}]");
-                    let Some(at_t) = self.table(&aat, item) else {
-                        continue;
-                    };
-                    if let Some(a) = self.attestor(&aat, at_t) {
-                        if !attestor_names.insert(a.name.clone()) {
-                            self.problems.push(format!(
-                                "{aat}: attestor name {:?} is used twice in this rule",
-                                a.name
-                            ));
-                        }
-                        attestors.push(a);
-                    }
+        for (aat, at_t) in self.tables(&at, "attestors", "rules.attestors", t.get("attestors")) {
+            if let Some(a) = self.attestor(&aat, at_t) {
+                if !attestor_names.insert(a.name.clone()) {
+                    self.problems.push(format!(
+                        "{aat}: attestor name {:?} is used twice in this rule",
+                        a.name
+                    ));
                 }
+                attestors.push(a);
             }
-            Some(_) => self.problems.push(format!(
-                "{at}: `attestors` must be an array of tables ([[rules.attestors]])"
-            )),
         }
         if mode != Mode::Skip && attestors.is_empty() && !t.contains_key("attestors") {
             self.problems.push(format!(
@@ -747,27 +723,21 @@ impl Parser<'_> {
         t: &toml::Table,
         keyless: bool,
     ) -> Option<(CertAuthority, Option<RekorKeys>)> {
-        let known: &[&str] = if keyless {
-            &[
-                "subject",
-                "subjectRegExp",
-                "issuer",
-                "issuerRegExp",
-                "roots",
-                "trustedRoot",
-            ]
+        let trust = if keyless {
+            "trustedRoot"
         } else {
-            &[
-                "subject",
-                "subjectRegExp",
-                "issuer",
-                "issuerRegExp",
-                "roots",
-                "intermediates",
-            ]
+            "intermediates"
         };
+        let known = [
+            "subject",
+            "subjectRegExp",
+            "issuer",
+            "issuerRegExp",
+            "roots",
+            trust,
+        ];
         let before = self.problems.len();
-        self.unknown(&format!("{at}."), t, known);
+        self.unknown(&format!("{at}."), t, &known);
         let subject = self.matcher(at, t, "subject");
         let issuer = self.matcher(at, t, "issuer");
         let matchers_ok = self.problems.len() == before;
@@ -905,19 +875,8 @@ impl Parser<'_> {
         attestors: &[Attestor],
         attestors_declared: bool,
     ) -> Vec<AttestationRule> {
-        let Some(v) = v else { return Vec::new() };
-        let Some(items) = v.as_array() else {
-            self.problems.push(format!(
-                "{at}: `attestations` must be an array of tables ([[rules.attestations]])"
-            ));
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let aat = format!("{at}: attestations[{i}]");
-            let Some(t) = self.table(&aat, item) else {
-                continue;
-            };
+        for (aat, t) in self.tables(at, "attestations", "rules.attestations", v) {
             self.unknown(
                 &format!("{aat}."),
                 t,
@@ -1169,6 +1128,37 @@ impl Parser<'_> {
                 known.join(", ")
             ));
         }
+    }
+
+    /// The tables of an array of tables (`[[header]]`) at `key`, each with its place for
+    /// messages (`key[i]`, after `at`); anything else there is reported.
+    fn tables<'t>(
+        &mut self,
+        at: &str,
+        key: &str,
+        header: &str,
+        v: Option<&'t toml::Value>,
+    ) -> Vec<(String, &'t toml::Table)> {
+        let prefix = if at.is_empty() {
+            String::new()
+        } else {
+            format!("{at}: ")
+        };
+        let Some(v) = v else { return Vec::new() };
+        let Some(items) = v.as_array() else {
+            self.problems.push(format!(
+                "{prefix}`{key}` must be an array of tables ([[{header}]])"
+            ));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let place = format!("{prefix}{key}[{i}]");
+            if let Some(t) = self.table(&place, item) {
+                out.push((place, t));
+            }
+        }
+        out
     }
 
     fn table<'t>(&mut self, key: &str, v: &'t toml::Value) -> Option<&'t toml::Table> {
