@@ -259,20 +259,7 @@ async fn main() {
 
     step("4. Images that fail the policy never reach containerd");
     for bad in [&unsigned, &forged] {
-        let denied = img
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: bad.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: Some(support::sandbox_config(
-                    &support::unique_name("demo"),
-                    "default",
-                )),
-            })
-            .await
-            .expect_err("must be denied");
+        let denied = pull(&mut img, bad).await.expect_err("must be denied");
         ok(format!(
             "PullImage {bad} -> {:?}: {}",
             denied.code(),
@@ -294,20 +281,7 @@ async fn main() {
         assert!(!present, "{bad} reached containerd");
         ok(format!("containerd's own store has no {bad}"));
     }
-    let out = Command::new(&bin)
-        .arg("verify")
-        .arg("--policy")
-        .arg(&policy)
-        .args([&image, &unsigned])
-        .output()
-        .expect("verify");
-    println!(
-        "   $ cri-guard verify --policy policy.toml {image} {unsigned}   (exit {})",
-        out.status.code().unwrap_or(-1)
-    );
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("     {line}");
-    }
+    show_verify(&bin, &policy, &[&image, &unsigned]);
 
     step("5. A rule can require a signed SBOM attestation (cosign attest --type spdxjson)");
     for (what, image, allowed) in [
@@ -315,23 +289,10 @@ async fn main() {
         ("without an SBOM", &no_sbom, false),
         ("with an SBOM from an untrusted key", &stranger_sbom, false),
     ] {
-        let result = img
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                auth: None,
-                sandbox_config: Some(support::sandbox_config(
-                    &support::unique_name("demo"),
-                    "default",
-                )),
-            })
-            .await;
-        match result {
-            Ok(r) => {
+        match pull(&mut img, image).await {
+            Ok(image_ref) => {
                 assert!(allowed, "{image} must be denied");
-                ok(format!("PullImage {what} -> {}", r.into_inner().image_ref));
+                ok(format!("PullImage {what} -> {image_ref}"));
             }
             Err(e) => {
                 assert!(!allowed, "{image} must pull: {e:?}");
@@ -343,20 +304,7 @@ async fn main() {
             }
         }
     }
-    let out = Command::new(&bin)
-        .arg("verify")
-        .arg("--policy")
-        .arg(&policy)
-        .args([&with_sbom, &stranger_sbom])
-        .output()
-        .expect("verify");
-    println!(
-        "   $ cri-guard verify --policy policy.toml {with_sbom} {stranger_sbom}   (exit {})",
-        out.status.code().unwrap_or(-1)
-    );
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        println!("     {line}");
-    }
+    show_verify(&bin, &policy, &[&with_sbom, &stranger_sbom]);
 
     step(
         "6. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline",
@@ -471,6 +419,48 @@ async fn main() {
     println!("\nDemo finished: containerd, registry and temp dir are gone.");
 }
 
+/// PullImage of `image` through `img` for a new pod in `default`, as the kubelet sends it.
+async fn pull(
+    img: &mut cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    image: &str,
+) -> Result<String, tonic::Status> {
+    img.pull_image(cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        auth: None,
+        sandbox_config: Some(support::sandbox_config(
+            &support::unique_name("demo"),
+            "default",
+        )),
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
+}
+
+/// Runs `cri-guard verify --policy POLICY IMAGES...`, prints the command and its output, and
+/// returns whether it allowed every image (exit 0).
+fn show_verify(bin: &Path, policy: &Path, images: &[&str]) -> bool {
+    let out = Command::new(bin)
+        .arg("verify")
+        .arg("--policy")
+        .arg(policy)
+        .args(images)
+        .output()
+        .expect("verify");
+    println!(
+        "   $ cri-guard verify --policy {} {}   (exit {})",
+        policy.file_name().unwrap_or_default().to_string_lossy(),
+        images.join(" "),
+        out.status.code().unwrap_or(-1)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("     {line}");
+    }
+    out.status.success()
+}
+
 /// Step 6: the real cosign keyless vector `fulcio-rekor-valid` (../shared/testdata/cosign-real)
 /// pushed where cosign puts it, checked by `cri-guard verify` against a keyless attestor with
 /// the Fulcio root and Rekor key from files: allowed for the signer's identity, denied for
@@ -523,20 +513,7 @@ fn keyless(bin: &Path, bed: &support::TestBed) {
         if name == "keyless" {
             println!("\n-- {name}.toml --\n{text}");
         }
-        let out = Command::new(bin)
-            .arg("verify")
-            .arg("--policy")
-            .arg(&policy)
-            .arg(&image)
-            .output()
-            .expect("verify");
-        println!(
-            "   $ cri-guard verify --policy {name}.toml {image}   (exit {})",
-            out.status.code().unwrap_or(-1)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            println!("     {line}");
-        }
-        assert_eq!(out.status.success(), name == "keyless", "keyless decision");
+        let allowed = show_verify(bin, &policy, &[&image]);
+        assert_eq!(allowed, name == "keyless", "keyless decision");
     }
 }
