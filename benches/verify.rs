@@ -615,7 +615,7 @@ async fn hit_series(
 fn verified() -> Outcome {
     Outcome::Verified {
         attestors: vec!["release".into()],
-        attestations: Vec::new(),
+        attestations: Default::default(),
     }
 }
 

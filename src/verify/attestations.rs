@@ -127,7 +127,7 @@ pub(super) async fn verify(
             } else {
                 why
             });
-            d.attestations = findings;
+            d.attestations = findings.into();
             Err(d)
         }
     }

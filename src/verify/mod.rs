@@ -50,7 +50,7 @@ pub enum Outcome {
     Verified {
         attestors: Vec<String>,
         /// The attestations found and what became of each (empty without required ones).
-        attestations: Vec<Finding>,
+        attestations: Findings,
     },
     /// Not verified, and why.
     Denied(Denial),
@@ -63,8 +63,11 @@ pub struct Denial {
     pub unavailable: bool,
     pub reason: String,
     /// The attestations found and what became of each, when attestations were checked.
-    pub attestations: Vec<Finding>,
+    pub attestations: Findings,
 }
+
+/// The attestations found for an image; shared, so a cache hit does not copy them.
+pub type Findings = Arc<[Finding]>;
 
 /// One attestation found for an image (a layer of its `.att` manifest) and what became of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +85,7 @@ impl Denial {
         Denial {
             unavailable: false,
             reason: reason.into(),
-            attestations: Vec::new(),
+            attestations: Findings::default(),
         }
     }
 
@@ -90,7 +93,7 @@ impl Denial {
         Denial {
             unavailable: e.is_unavailable(),
             reason: format!("{what}: {e}"),
-            attestations: Vec::new(),
+            attestations: Findings::default(),
         }
     }
 
@@ -302,7 +305,7 @@ impl Verifier {
                 reason: format!(
                     "verification did not finish within {timeout:?} (fetch.verifyTimeout)"
                 ),
-                attestations: Vec::new(),
+                attestations: Findings::default(),
             }));
         }
         d.allowed = matches!(d.outcome, Some(Outcome::Verified { .. })) || d.mode == Mode::Audit;
@@ -755,13 +758,13 @@ async fn verify_image(
     if rule.attestations.is_empty() {
         return Outcome::Verified {
             attestors,
-            attestations: Vec::new(),
+            attestations: Findings::default(),
         };
     }
     match attestations::verify(state, reference, rule, digest, auth).await {
         Ok(findings) => Outcome::Verified {
             attestors,
-            attestations: findings,
+            attestations: findings.into(),
         },
         Err(denial) => Outcome::Denied(denial),
     }
