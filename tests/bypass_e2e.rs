@@ -161,7 +161,7 @@ async fn create_is_pinned_to_the_checked_image() {
     let signed_sig = format!("/v2/app/manifests/{}.sig", signed.replace(':', "-"));
     let unsigned_sig = format!("/v2/app/manifests/{}.sig", unsigned.replace(':', "-"));
     front.set(move |r| {
-        if r.from_containerd() && r.path == tag_path {
+        if r.is_containerd() && r.path == tag_path {
             Action::Forward(unsigned_path.clone())
         } else if r.path == signed_sig && first.fetch_add(1, Ordering::SeqCst) == 0 {
             Action::Hold(hs.clone(), r.path.clone())
@@ -187,15 +187,17 @@ async fn create_is_pinned_to_the_checked_image() {
         hold_unsigned.reached(Duration::from_secs(30)).await,
         "the pull never reached its confirmation"
     );
-    let now = image_id(&bed, &image).await.expect("the tag is in the store");
-    assert_ne!(now, signed_id, "containerd did not store the unsigned image");
+    let now = image_id(&bed, &image)
+        .await
+        .expect("the tag is in the store");
+    assert_ne!(
+        now, signed_id,
+        "containerd did not store the unsigned image"
+    );
 
     // The create's check finishes (the signed image passed) and the create is forwarded.
     hold_signed.open();
-    let container = create
-        .await
-        .unwrap()
-        .expect("the checked image may run");
+    let container = create.await.unwrap().expect("the checked image may run");
     let status = cri::runtime_client(bed.containerd_socket())
         .container_status(cri::ContainerStatusRequest {
             container_id: container.clone(),
@@ -342,7 +344,9 @@ async fn sandbox_image_is_enforced() {
             })
             .await
     };
-    let err = run().await.expect_err("the unsigned pause image must not run");
+    let err = run()
+        .await
+        .expect_err("the unsigned pause image must not run");
     assert_signature_denial(&err, "no signature found");
     assert_eq!(sandboxes(&g.bed).await, 0);
     assert!(

@@ -43,8 +43,8 @@ fn verifier(dir: &Path, plain: &[&str], text: &str) -> Verifier {
     for r in plain {
         head.push_str(&format!("[registries.\"{r}\"]\ninsecure = true\n"));
     }
-    let policy = Policy::parse("test", &format!("{text}\n{head}"), dir)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let policy =
+        Policy::parse("test", &format!("{text}\n{head}"), dir).unwrap_or_else(|e| panic!("{e}"));
     Verifier::new(policy, None).unwrap()
 }
 
@@ -60,7 +60,10 @@ fn authorizations(front: &Front) -> Vec<(String, String)> {
     front
         .requests()
         .into_iter()
-        .filter_map(|r: Req| r.header("authorization").map(|a| (r.path.clone(), a.to_string())))
+        .filter_map(|r: Req| {
+            r.header("authorization")
+                .map(|a| (r.path.clone(), a.to_string()))
+        })
         .collect()
 }
 
@@ -120,7 +123,8 @@ async fn credentials_stay_with_their_registry() {
         "A's credentials were sent to B: {seen:?}"
     );
     assert!(
-        seen.iter().any(|(_, h)| h == &basic("nodeb", "nodeb-secret")),
+        seen.iter()
+            .any(|(_, h)| h == &basic("nodeb", "nodeb-secret")),
         "B did not get the node's credentials for B: {seen:?}"
     );
 
@@ -151,7 +155,9 @@ async fn credentials_stay_with_their_registry() {
         "the redirect was not followed: {redirected:?}"
     );
     assert!(
-        redirected.iter().all(|r| r.header("authorization").is_none()),
+        redirected
+            .iter()
+            .all(|r| r.header("authorization").is_none()),
         "credentials followed the redirect to B: {redirected:?}"
     );
 
@@ -160,7 +166,9 @@ async fn credentials_stay_with_their_registry() {
     let a_front2 = Front::start(Some(a.addr()), front::pass).await;
     let ch = challenge.clone();
     a_front2.set(move |r| {
-        if r.header("authorization").is_some_and(|h| h.starts_with("Bearer ")) {
+        if r.header("authorization")
+            .is_some_and(|h| h.starts_with("Bearer "))
+        {
             Action::Forward(r.path.clone())
         } else {
             Action::reply(401, &[("WWW-Authenticate", ch.as_str())], "")
@@ -209,7 +217,10 @@ async fn credential_failures_are_not_shared() {
     let d = v.check_image(&pinned, "default", &alice()).await;
     assert!(d.allowed, "valid credentials were denied: {}", d.reason());
     let d = v.check_image(&pinned, "default", &Auth::Anonymous).await;
-    assert!(d.allowed && d.cached, "the verified digest is shared: {d:?}");
+    assert!(
+        d.allowed && d.cached,
+        "the verified digest is shared: {d:?}"
+    );
     let _ = image;
 }
 
@@ -235,10 +246,18 @@ async fn verification_fetch_is_bounded() {
     let v = verifier(
         dir.path(),
         &[&f.addr],
-        &rule(&format!("{}/*", f.addr), &key_path, "signedIdentity = \"any\"\n"),
+        &rule(
+            &format!("{}/*", f.addr),
+            &key_path,
+            "signedIdentity = \"any\"\n",
+        ),
     );
     let d = v
-        .check_image(&format!("{}/app@{digest}", f.addr), "default", &Auth::Anonymous)
+        .check_image(
+            &format!("{}/app@{digest}", f.addr),
+            "default",
+            &Auth::Anonymous,
+        )
         .await;
     assert!(!d.allowed);
     let blobs = f
@@ -314,10 +333,12 @@ async fn concurrent_verifications_are_bounded() {
     gate.open();
     assert!(first.await.unwrap().allowed);
     assert!(second.await.unwrap().allowed);
-    let again = v
-        .check_image(&images[2], "default", &Auth::Anonymous)
-        .await;
-    assert!(again.allowed, "the busy refusal was cached: {}", again.reason());
+    let again = v.check_image(&images[2], "default", &Auth::Anonymous).await;
+    assert!(
+        again.allowed,
+        "the busy refusal was cached: {}",
+        again.reason()
+    );
 }
 
 /// A PullImage through the proxy with a fake runtime that must never be reached.
@@ -372,10 +393,7 @@ async fn registry_cannot_inflate_messages() {
         if req.path == sig {
             Action::reply(
                 200,
-                &[(
-                    "Content-Type",
-                    "application/vnd.oci.image.manifest.v1+json",
-                )],
+                &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
                 manifest.clone(),
             )
         } else {

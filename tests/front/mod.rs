@@ -33,7 +33,7 @@ impl Req {
     }
 
     /// Whether containerd sent it (its user agent is `containerd/<version>`).
-    pub fn from_containerd(&self) -> bool {
+    pub fn is_containerd(&self) -> bool {
         self.header("user-agent")
             .is_some_and(|ua| ua.starts_with("containerd"))
     }
@@ -282,7 +282,9 @@ async fn forward(
         .iter()
         .filter(|(k, _)| {
             let k = k.as_str();
-            k != "transfer-encoding" && k != "connection" && (k != "content-length" || req.method == "HEAD")
+            k != "transfer-encoding"
+                && k != "connection"
+                && (k != "content-length" || req.method == "HEAD")
         })
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
