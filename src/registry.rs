@@ -771,6 +771,109 @@ mod tests {
         assert_eq!(Auth::from_cri(None), Auth::Anonymous);
     }
 
+    /// A token realm gets the credentials only on the host that was asked or a configured
+    /// token host (Docker Hub's built in), and never over plain HTTP from an HTTPS registry.
+    #[test]
+    fn credentials_to_token_realms() {
+        let r = Registry::new(RegistryConfig {
+            token_hosts: BTreeMap::from([(
+                "registry.gitlab.com".to_string(),
+                vec!["gitlab.com".to_string()],
+            )]),
+            ..Default::default()
+        })
+        .unwrap();
+        let ok = |reg, url, realm| r.may_receive_credentials(reg, url, realm);
+        assert!(ok(
+            "r.example",
+            "https://r.example/v2/a/manifests/x",
+            "https://r.example/token"
+        ));
+        assert!(ok(
+            "r.example:5000",
+            "http://r.example:5000/v2/",
+            "http://r.example:5000/t"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "https://evil.example/token"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "http://r.example/token"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "https://r.example:8443/token"
+        ));
+        assert!(ok(
+            "docker.io",
+            "https://registry-1.docker.io/v2/",
+            "https://auth.docker.io/token"
+        ));
+        assert!(!ok(
+            "ghcr.io",
+            "https://ghcr.io/v2/",
+            "https://auth.docker.io/token"
+        ));
+        assert!(ok(
+            "registry.gitlab.com",
+            "https://registry.gitlab.com/v2/",
+            "https://gitlab.com/jwt/auth"
+        ));
+        assert!(!ok(
+            "registry.gitlab.com",
+            "https://registry.gitlab.com/v2/",
+            "not a url"
+        ));
+    }
+
+    /// A budget refuses the byte or blob that goes over it, and only inside its scope.
+    #[tokio::test]
+    async fn budget() {
+        assert!(
+            charge_bytes(usize::MAX / 2, "u").is_ok(),
+            "no budget, no limit"
+        );
+        let b = Budget::new(100, 2);
+        let (bytes, blobs) = b
+            .clone()
+            .scope(async {
+                (
+                    [
+                        charge_bytes(60, "u"),
+                        charge_bytes(40, "u"),
+                        charge_bytes(1, "u"),
+                    ]
+                    .map(|r| r.is_ok()),
+                    [charge_blob("u"), charge_blob("u"), charge_blob("u")].map(|r| r.is_ok()),
+                )
+            })
+            .await;
+        assert_eq!(bytes, [true, true, false]);
+        assert_eq!(blobs, [true, true, false]);
+        assert_eq!(b.bytes(), 101);
+        let e = Budget::new(1, 1)
+            .charge_bytes(2, "http://r/v2/x")
+            .unwrap_err();
+        assert!(e.to_string().contains("fetch.maxVerificationBytes"), "{e}");
+    }
+
+    /// Fingerprints differ by credentials and never contain them.
+    #[test]
+    fn fingerprints() {
+        let a = Auth::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), Auth::Anonymous.fingerprint());
+        assert_ne!(a.fingerprint(), Auth::Bearer("p".into()).fingerprint());
+    }
+
     /// Only canonical sha256 digests are accepted.
     #[test]
     fn digests() {

@@ -415,8 +415,9 @@ pub fn repository_of(r: &Reference) -> String {
 /// and matched against the image's host alone, so a wildcard there never reaches the path.
 /// The rest is matched against the image's `path:tag` or `path@digest` (a digest reference
 /// has no tag here) and against its path alone; `*` there spans any characters, `/` too.
-/// The pattern `*` matches every image. A pattern with a wildcard but no `/` other than `*`
-/// (`*nginx*`) is refused: write its host part (`*/*nginx*`).
+/// The pattern `*` matches every image. A pattern without `/` that starts with a wildcard
+/// (`*nginx*`, `*:latest`) is refused: it can only have meant any registry, so write that
+/// (`*/*nginx*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
     /// As written, for messages.
@@ -437,7 +438,6 @@ impl Pattern {
                 rest: "*".into(),
             });
         }
-        let wild = |s: &str| s.contains(['*', '?']);
         let (host, rest) = match text.split_once('/') {
             Some((first, rest))
                 if first.contains(['.', ':', '*', '?'])
@@ -447,9 +447,10 @@ impl Pattern {
                 (normal_host(first), rest.to_string())
             }
             Some(_) => ("docker.io".to_string(), text.to_string()),
-            None if wild(text) => {
+            None if text.starts_with(['*', '?']) => {
                 return Err(format!(
-                    "pattern {text:?} has a wildcard but no registry part; write the registry                      too, e.g. \"*/{text}\" for any registry or \"docker.io/{text}\""
+                    "pattern {text:?} starts with a wildcard but has no registry part; write the registry \
+                     too, e.g. \"*/{text}\" for any registry or \"docker.io/{text}\""
                 ));
             }
             None => ("docker.io".to_string(), format!("library/{text}")),
@@ -1692,5 +1693,158 @@ attestors = ["nobody"]
     #[test]
     fn generations_differ() {
         assert_ne!(parse("").unwrap().generation, parse("").unwrap().generation);
+    }
+
+    /// Whether pattern `p` matches image `i` (both as written in a policy / pod spec).
+    fn m(p: &str, i: &str) -> bool {
+        let image = super::super::reference::parse(i).unwrap();
+        Pattern::parse(p).unwrap().matches(&Normal::of(&image))
+    }
+
+    /// Issue 10, example 1: a wildcard in the host part stays in the host. `*.corp.example/*`
+    /// does not match `evil-registry/x.corp.example/app` (a Docker Hub image whose path
+    /// contains the host), nor a host that merely starts with it.
+    #[test]
+    fn host_wildcard_never_reaches_the_path() {
+        assert!(!m("*.corp.example/*", "evil-registry/x.corp.example/app"));
+        assert!(!m("*.corp.example/*", "docker.io/x.corp.example/app"));
+        assert!(!m("*.corp.example/*", "x.corp.example.evil.io/app"));
+        assert!(!m("*.corp.example/*", "x.corp.example:5000/app"));
+        assert!(m("*.corp.example/*", "x.corp.example/app"));
+        assert!(m("*.corp.example/*", "a.b.corp.example/team/app:v1"));
+        assert!(m("*.corp.example:*/*", "x.corp.example:5000/app"));
+        assert!(m("*/library/nginx:*", "nginx:1.25"));
+    }
+
+    /// Issue 10, example 2: a digest reference is matched by repository and digest; a tag next
+    /// to the digest (which the runtime ignores) selects nothing.
+    #[test]
+    fn digest_references_match_by_digest() {
+        let d = format!("sha256:{}", "e".repeat(64));
+        let pinned = format!("reg.example/app:release-1@{d}");
+        assert!(!m("reg.example/app:release-*", &pinned));
+        assert!(m("reg.example/app:release-*", "reg.example/app:release-1"));
+        assert!(m("reg.example/app", &pinned));
+        assert!(m("reg.example/app*", &pinned));
+        assert!(m(&format!("reg.example/app@{d}"), &pinned));
+        assert!(!m(
+            &format!("reg.example/app@sha256:{}", "f".repeat(64)),
+            &pinned
+        ));
+    }
+
+    /// Issue 10, example 3: host spellings are normalized as the runtime treats them (case,
+    /// the default HTTPS port, Docker Hub's names), in patterns and images; `localhost` and
+    /// `127.0.0.1` stay different hosts.
+    #[test]
+    fn host_spellings() {
+        assert!(m("ghcr.io/org/*", "GHCR.IO/org/app:v1"));
+        assert!(m("ghcr.io/org/*", "ghcr.io:443/org/app:v1"));
+        assert!(m("GHCR.io:443/org/*", "ghcr.io/org/app:v1"));
+        assert!(!m("ghcr.io/org/*", "ghcr.io:8443/org/app:v1"));
+        assert!(m("localhost:5300/*", "localhost:5300/app"));
+        assert!(!m("localhost:5300/*", "127.0.0.1:5300/app"));
+        assert!(!m("127.0.0.1:5300/*", "localhost:5300/app"));
+        assert!(m("docker.io/library/*", "nginx"));
+        assert!(m("index.docker.io/library/*", "nginx"));
+        assert!(m("docker.io/*", "registry-1.docker.io/team/app"));
+        // An upper-case first component is a host (as containerd reads it), not Docker Hub.
+        assert!(!m("docker.io/*", "Evil/app"));
+        assert!(m("Evil/*", "Evil/app"));
+        assert!(
+            !m("evil/*", "Evil/app"),
+            "a lower-case first component is a Docker Hub user"
+        );
+    }
+
+    /// Patterns without a registry part are Docker Hub names, normalized like references;
+    /// `*` alone matches everything; a wildcard with no registry part is refused.
+    #[test]
+    fn pattern_forms() {
+        assert!(m("nginx", "docker.io/library/nginx:latest"));
+        assert!(m("nginx:1.*", "nginx:1.25"));
+        assert!(!m("nginx:1.*", "nginx:2.0"));
+        assert!(m("nginx*", "nginx-unprivileged"));
+        assert!(m("team/*", "team/app:v1"));
+        assert!(!m("team/*", "ghcr.io/team/app:v1"));
+        assert!(m("*", "ghcr.io/team/app:v1"));
+        assert!(m("*/*", "ghcr.io/team/app:v1"));
+        assert!(m("reg.example/team/*", "reg.example/team/a/b:v1"));
+        assert!(!m("reg.example/team/*", "reg.example/teamx/app"));
+        assert!(m("reg.example/team*", "reg.example/teamx/app"));
+        assert!(m("reg.example/app:v?", "reg.example/app:v1"));
+        let e = Pattern::parse("*nginx*").unwrap_err();
+        assert!(e.contains("*/*nginx*"), "{e}");
+        assert!(Pattern::parse("reg.example/").is_err());
+        let errs = parse(
+            r#"
+            [[rules]]
+            name = "x"
+            imageReferences = ["*:latest"]
+            mode = "skip"
+            "#,
+        )
+        .unwrap_err();
+        assert!(errs.problems[0].contains("no registry part"), "{errs:?}");
+    }
+
+    /// `[sandbox]`, `tokenHosts` and the verification bounds parse, with every problem named.
+    #[test]
+    fn sandbox_token_hosts_and_bounds() {
+        let p = parse(
+            r#"
+            [sandbox]
+            mode = "warn"
+            image = "registry.k8s.io/pause:3.10"
+            [registries."registry.gitlab.com"]
+            tokenHosts = ["gitlab.com"]
+            [fetch]
+            maxVerificationBytes = "8MiB"
+            maxVerificationBlobs = 10
+            maxConcurrentVerifications = 2
+            maxQueuedVerifications = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.sandbox.mode, SandboxMode::Warn);
+        assert_eq!(
+            p.sandbox.image.as_deref(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        assert_eq!(
+            p.registry("registry.gitlab.com").token_hosts,
+            ["gitlab.com"]
+        );
+        assert_eq!(
+            (
+                p.fetch.max_verification_bytes,
+                p.fetch.max_verification_blobs,
+                p.fetch.max_concurrent_verifications,
+                p.fetch.max_queued_verifications
+            ),
+            (8 << 20, 10, 2, 5)
+        );
+        assert_eq!(parse("").unwrap().sandbox.mode, SandboxMode::Enforce);
+        let e = parse(
+            r#"
+            [sandbox]
+            mode = "off"
+            image = "Bad Image"
+            [registries."r.example"]
+            tokenHosts = ["https://auth.example/token"]
+            [fetch]
+            maxConcurrentVerifications = 0
+            "#,
+        )
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in [
+            "sandbox.mode",
+            "sandbox.image",
+            "tokenHosts",
+            "maxConcurrentVerifications",
+        ] {
+            assert!(all.contains(needle), "{needle} not reported in {all}");
+        }
     }
 }
