@@ -251,6 +251,9 @@ pub struct RegistryConfig {
     pub token_hosts: BTreeMap<String, Vec<String>>,
 }
 
+/// Most bearer tokens kept at once.
+const MAX_TOKENS: usize = 4096;
+
 /// (registry, scope, credential fingerprint): what a bearer token was issued for.
 type TokenKey = (String, String, [u8; 32]);
 
@@ -461,10 +464,19 @@ impl Registry {
         let (token, ttl) = self
             .fetch_token(&realm, service.as_deref(), &scope, token_auth)
             .await?;
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (token.clone(), Instant::now() + ttl));
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            // Registries, repositories and credentials are chosen by others: keep the map
+            // bounded (expired tokens go first; it is only a cache).
+            if tokens.len() >= MAX_TOKENS {
+                let now = Instant::now();
+                tokens.retain(|_, (_, exp)| *exp > now);
+                if tokens.len() >= MAX_TOKENS {
+                    tokens.clear();
+                }
+            }
+            tokens.insert(key, (token.clone(), Instant::now() + ttl));
+        }
         let second = self.request(method, url, Some(&token), auth).await?;
         if second.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized { url: url.into() });

@@ -37,7 +37,7 @@ pub mod cosign;
 pub mod policy;
 pub mod reference;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -268,9 +268,13 @@ pub struct Verifier {
     images: Arc<OnceLock<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>>>,
     sandboxes:
         Arc<OnceLock<cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>>>,
-    /// Credentials the kubelet sent with allowed pulls, per registry; in memory only (I6).
-    remembered: Arc<Mutex<HashMap<String, Auth>>>,
+    /// Credentials the kubelet sent with allowed pulls, per registry (the most recently used
+    /// [`MAX_REMEMBERED`] registries); in memory only (I6).
+    remembered: Arc<Mutex<lru::LruCache<String, Auth>>>,
 }
+
+/// Registries whose pull credentials are remembered (pod authors choose registry names).
+const MAX_REMEMBERED: usize = 1024;
 
 impl Verifier {
     /// A verifier for `policy`; `upstream` is the runtime's socket (None: no runtime, e.g. the CLI).
@@ -281,7 +285,9 @@ impl Verifier {
             upstream,
             images: Arc::new(OnceLock::new()),
             sandboxes: Arc::new(OnceLock::new()),
-            remembered: Arc::new(Mutex::new(HashMap::new())),
+            remembered: Arc::new(Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_REMEMBERED).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))),
         })
     }
 
@@ -577,7 +583,7 @@ impl Verifier {
             self.remembered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(registry.to_string(), auth.clone());
+                .put(registry.to_string(), auth.clone());
         }
     }
 

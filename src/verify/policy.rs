@@ -12,6 +12,13 @@
 //!
 //! [registries."registry.local:5000"]
 //! insecure = true                # plain HTTP (also learned from hostsDir)
+//! [registries."registry.gitlab.com"]
+//! tokenHosts = ["gitlab.com"]    # other hosts that may get its credentials as its token service
+//!                                # (auth.docker.io is built in for docker.io)
+//!
+//! [sandbox]                      # optional: the runtime's sandbox (pause) image
+//! mode = "enforce"               # enforce: refuse RunPodSandbox while it fails the policy | warn
+//! # image = "registry.k8s.io/pause:3.10"  # for runtimes that don't report it (containerd 2.x)
 //!
 //! [[rules]]
 //! name = "pause"
@@ -64,13 +71,17 @@
 //! maxManifestSize = "4MiB"
 //! maxSignatureSize = "1MiB"
 //! maxAttestationSize = "16MiB"   # one attestation layer (an SBOM can be large)
+//! maxVerificationBytes = "20MiB" # all a verification fetches (manifests and layers)
+//! maxVerificationBlobs = 128     # layers a verification fetches
+//! maxConcurrentVerifications = 4 # verifications running at once
+//! maxQueuedVerifications = 128   # waiting for a slot; beyond: refused at once (not cached)
 //! ```
 //!
 //! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
-//! A pattern is matched against the normalized image (`docker.io/library/nginx:1.25`,
-//! `registry.example.com/app@sha256:..`) and against its repository alone
-//! (`registry.example.com/app`); `*` matches any run of characters (including `/` and `:`), `?`
-//! one character.
+//! Images are matched in their normalized form ([`Normal`]: host in lower case without `:443`,
+//! Docker Hub as `docker.io/library/..`, `path:tag` or, with a digest, `path@digest`); see
+//! [`Pattern`] for how a pattern matches, and docs/policy.md for the rules side by side with
+//! Kyverno's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -207,7 +218,7 @@ impl Default for FetchSettings {
             max_signature_size: 1 << 20,
             max_attestation_size: 16 << 20,
             max_verification_bytes: 20 << 20,
-            max_verification_blobs: 64,
+            max_verification_blobs: 128,
             max_concurrent_verifications: 4,
             max_queued_verifications: 128,
         }
