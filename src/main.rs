@@ -144,7 +144,8 @@ async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
                 let generation = p.generation;
                 match verifier.reload(p) {
                     Ok(()) => {
-                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped")
+                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped");
+                        tokio::spawn(report_sandbox_image(verifier.clone()));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "policy reload failed; keeping the old policy")

@@ -804,8 +804,9 @@ impl Verifier {
         Ok(names)
     }
 
-    /// The runtime's sandbox (pause) image and the decision the policy gives it (registry
-    /// side, nothing pulled): for the report at start and after a reload.
+    /// The runtime's sandbox (pause) image and the decision the policy gives it: on what the
+    /// runtime holds, else on what the registry has; nothing is pulled. For the report at
+    /// start and after a reload.
     pub async fn check_sandbox_image(&self) -> Option<Decision> {
         let name = self.sandbox_images().await.ok()?.into_iter().next()?;
         if let Ok(Some(found)) = self.image_status(&name).await {
