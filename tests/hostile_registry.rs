@@ -317,7 +317,16 @@ async fn concurrent_verifications_are_bounded() {
     let first = spawn(images[0].clone());
     assert!(gate.reached(Duration::from_secs(10)).await);
     let second = spawn(images[1].clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the second verification has started (and so taken the one queue place).
+    let started = std::time::Instant::now();
+    while v.stats().2 < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the second check never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let third = tokio::time::timeout(
         Duration::from_secs(5),
         v.check_image(&images[2], "default", &Auth::Anonymous),
