@@ -79,6 +79,17 @@ pub struct TestBed {
     pub pause_image: String,
 }
 
+/// For a test that can't pass on one containerd version for a product reason another slice
+/// owns: true (after printing a notice naming the reason) when the beds of this run
+/// (`CRI_GUARD_CONTAINERD`) use `version`; the test then returns early.
+pub fn skip_on_containerd(version: ContainerdVersion, reason: &str) -> bool {
+    let skip = ContainerdVersion::from_env() == version;
+    if skip {
+        eprintln!("SKIPPED on containerd {}: {reason}", version.label());
+    }
+    skip
+}
+
 /// Pids of a bed's processes (for leak checks).
 #[derive(Clone, Debug)]
 pub struct BedPids {
@@ -227,6 +238,58 @@ impl TestBed {
             "ctr images pull {reference}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// `ctr image import --base-name BASE ARCHIVE` (an image that "reached the node without us"),
+    /// then waits (up to 10 s) until the CRI lists every imported `BASE:<tag>`; returns those
+    /// names. containerd 2.1's ctr imports through the transfer service and returns before the
+    /// CRI plugin's image store has caught up with the import events (1.6: already there).
+    pub fn ctr_import(&self, archive: &std::path::Path, base_name: &str) -> Vec<String> {
+        let out = self.ctr(&[
+            "image",
+            "import",
+            "--base-name",
+            base_name,
+            util::path_str(archive),
+        ]);
+        assert!(out.status.success(), "ctr image import: {out:?}");
+        let list = self.ctr(&["image", "ls", "-q"]);
+        let names: Vec<String> = String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("{base_name}:")))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !names.is_empty(),
+            "ctr image import made no {base_name}:<tag>"
+        );
+        let sock = self.containerd_socket();
+        let seen = util::poll_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(5),
+            || {
+                names.iter().all(|n| {
+                    let (sock, n) = (sock.clone(), n.clone());
+                    util::block_on(move || async move {
+                        cri_guard::cri::image_client(&sock)
+                            .image_status(cri_guard::cri::ImageStatusRequest {
+                                image: Some(cri_guard::cri::ImageSpec {
+                                    image: n,
+                                    ..Default::default()
+                                }),
+                                verbose: false,
+                            })
+                            .await
+                            .is_ok_and(|r| r.into_inner().image.is_some())
+                    })
+                })
+            },
+        );
+        assert!(
+            seen,
+            "the CRI does not list {names:?} 10 s after ctr image import"
+        );
+        names
     }
 
     pub fn pids(&self) -> BedPids {
