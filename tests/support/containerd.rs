@@ -390,7 +390,7 @@ impl Containerd {
             }
             remove_cgroups(&cgroups);
             // A killed shim leaves its socket: /run/containerd/s/sha256(<address>/<ns>/<id>)
-            // (hard-coded in containerd 1.6, not configurable).
+            // (hard-coded in containerd 1.6 and 2.1, not configurable).
             for (_, cmdline) in &shims {
                 let arg = |name: &str| {
                     cmdline
