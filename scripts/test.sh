@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+cat "${CRI_GUARD_TESTTOOLS:-/opt/cri-guard-testtools}/VERSIONS"
 
 t0=$SECONDS
 CRI_GUARD_CONTAINERD=1.6 cargo test --locked --lib --bins --tests
