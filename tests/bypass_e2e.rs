@@ -344,6 +344,24 @@ async fn sandbox_image_is_enforced() {
             })
             .await
     };
+    if g.bed.containerd_version() == support::ContainerdVersion::V2_1 {
+        // containerd 2.x does not report its sandbox image before pulling it: without
+        // `[sandbox] image` the sandbox is refused with what to set, never run unchecked.
+        let err = run()
+            .await
+            .expect_err("an unknown sandbox image must not run");
+        assert_signature_denial(&err, "set `[sandbox] image`");
+        assert_eq!(sandboxes(&g.bed).await, 0);
+        let text = format!(
+            "{}\n[sandbox]\nimage = \"{}\"\n",
+            std::fs::read_to_string(&g.policy_path).unwrap(),
+            g.bed.pause_image
+        );
+        std::fs::write(&g.policy_path, text).unwrap();
+        g.verifier
+            .reload(Policy::load(&g.policy_path).unwrap())
+            .unwrap();
+    }
     let err = run()
         .await
         .expect_err("the unsigned pause image must not run");

@@ -303,16 +303,16 @@ async fn private_registry_uses_node_credentials() {
 /// without a rule for it, allowed with a skip rule.
 #[tokio::test]
 async fn sandbox_image_is_checked() {
-    // containerd 2.x no longer reports the sandbox image in the verbose Status info
-    // (`config.sandboxImage`; it moved to the `io.containerd.cri.v1.images` plugin's
-    // `pinned_images.sandbox`), where `Verifier::check_sandbox_image` reads it.
-    if support::skip_on_containerd(
-        support::ContainerdVersion::V2_1,
-        "check_sandbox_image reads Status info config.sandboxImage, which containerd 2.1 lacks",
-    ) {
-        return;
-    }
-    let g = Guarded::start(enforce_rule).await;
+    // containerd 2.x does not report its sandbox image over CRI before pulling it; there the
+    // policy names it (`[sandbox] image`), as an operator must.
+    let g = Guarded::start(|bed, key| {
+        let mut text = enforce_rule(bed, key);
+        if bed.containerd_version() == support::ContainerdVersion::V2_1 {
+            text.push_str(&format!("\n[sandbox]\nimage = \"{}\"\n", bed.pause_image));
+        }
+        text
+    })
+    .await;
     let d = g
         .verifier
         .check_sandbox_image()
