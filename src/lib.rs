@@ -48,6 +48,8 @@
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod notify;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod verify;
