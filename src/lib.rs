@@ -48,6 +48,7 @@
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod kubelet;
 pub mod notify;
 pub mod proxy;
 pub mod registry;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use cri_guard::cli::{Cli, Command, ServeArgs, VerifyArgs};
+use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
 use cri_guard::notify::{self, Notifier};
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
@@ -24,6 +24,44 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, policy } => check_config(file, policy),
         Command::Serve(args) => serve(&args),
         Command::Verify(args) => verify(&args),
+        Command::KubeletEndpoint(args) => kubelet_endpoint(&args),
+    }
+}
+
+/// The installer's kubelet edit (see `cri_guard::kubelet`): the new text on stdout, each change
+/// on stderr; 65 (EX_DATAERR) when the file can't be read or edited safely.
+fn kubelet_endpoint(args: &KubeletEndpointArgs) -> ExitCode {
+    use cri_guard::kubelet::{Format, set_endpoint};
+    const EX_DATAERR: u8 = 65;
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cri-guard: {}: cannot read: {e}", args.file.display());
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    let format = if args.flags {
+        Format::Flags
+    } else {
+        Format::Config
+    };
+    match set_endpoint(&text, format, &args.endpoint) {
+        Ok(edit) => {
+            for (key, before) in &edit.changed {
+                eprintln!(
+                    "{}: {key}: {} -> {}",
+                    args.file.display(),
+                    before.as_deref().unwrap_or("(not set)"),
+                    args.endpoint
+                );
+            }
+            print!("{}", edit.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cri-guard: {}: {e}", args.file.display());
+            ExitCode::from(EX_DATAERR)
+        }
     }
 }
 
