@@ -210,6 +210,8 @@ pub struct Reloader {
     notifier: Arc<Notifier>,
     /// The last version tried (in force, or refused): no retry until it changes.
     seen: Option<Fingerprint>,
+    /// Why the last attempt on an unreadable file failed: said once, not at every check.
+    unreadable: Option<String>,
 }
 
 impl Reloader {
@@ -227,6 +229,7 @@ impl Reloader {
             status,
             notifier,
             seen: Some(in_force),
+            unreadable: None,
         }
     }
 
@@ -308,7 +311,10 @@ impl Reloader {
         let path = self.path.display();
         match result {
             Ok(Attempt::Unchanged) => {}
+            Ok(Attempt::Refused(None, reason))
+                if !force && self.unreadable.as_ref() == Some(&reason) => {}
             Ok(Attempt::Reloaded(fingerprint, generation)) => {
+                self.unreadable = None;
                 info!(policy = %path, generation, trigger = trigger.as_str(), "policy reloaded; cached decisions dropped");
                 self.seen = Some(fingerprint);
                 self.status
@@ -320,6 +326,9 @@ impl Reloader {
             Ok(Attempt::Refused(fingerprint, reason)) => {
                 error!(policy = %path, trigger = trigger.as_str(), problems = %reason,
                     "policy reload refused; the previous policy stays in force");
+                if fingerprint.is_none() {
+                    self.unreadable = Some(reason.clone());
+                }
                 self.seen = fingerprint;
                 self.status.record(
                     trigger,
@@ -575,6 +584,28 @@ mod tests {
         r.attempt(Trigger::Signal, true).await;
         assert_eq!(*applied.lock().unwrap(), ["audit", "audit", "audit"]);
         assert_eq!(status.snapshot().reloads, 3);
+    }
+
+    /// A policy file that disappears is reported once, not at every check; it counts again once
+    /// it is back.
+    #[tokio::test]
+    async fn missing_file_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, GOOD_A).unwrap();
+        let (mut r, applied, _) = reloader(&path);
+        let status = r.status();
+        std::fs::remove_file(&path).unwrap();
+        r.attempt(Trigger::FileChange, false).await;
+        r.attempt(Trigger::Poll, false).await;
+        r.attempt(Trigger::Poll, false).await;
+        assert_eq!(status.snapshot().failures, 1);
+        std::fs::write(&path, GOOD_B).unwrap();
+        r.attempt(Trigger::FileChange, false).await;
+        assert_eq!(*applied.lock().unwrap(), ["audit"]);
+        std::fs::remove_file(&path).unwrap();
+        r.attempt(Trigger::Poll, false).await;
+        assert_eq!(status.snapshot().failures, 2);
     }
 
     /// An apply that fails (e.g. the registry client cannot be built) refuses the policy.
