@@ -4,6 +4,8 @@
 #
 # System packages (apt, bookworm):
 # - the real parts the tests and the demo run: containerd 1.6, runc, docker-registry 2.8
+# - the unit and installer checks: systemd (systemd-analyze, systemctl --root), strace,
+#   shellcheck, and kubernetes-validate from PyPI (Kubernetes schemas, offline)
 # - image building: umoci, busybox-static; the benchmark's plain byte relay: socat
 # - a Rust toolchain (rustup) if cargo is missing
 #
@@ -35,7 +37,8 @@ GO_DEBS="golang-1.23-go=1.23.5-1~bpo12+1 golang-1.23-src=1.23.5-1~bpo12+1"  # bo
 log() { printf '[install-deps %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------- system
-pkgs=(containerd runc docker-registry umoci busybox-static socat ca-certificates curl gcc libc6-dev)
+pkgs=(containerd runc docker-registry umoci busybox-static socat ca-certificates curl gcc libc6-dev
+  systemd strace shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -57,6 +60,16 @@ exec 9>"$PREFIX/.lock"
 if ! flock -w 900 9; then
   echo "install-deps: another install holds $PREFIX/.lock for more than 15 minutes" >&2
   exit 1
+fi
+# kubernetes-validate (PyPI; bundles the Kubernetes schemas, works offline) goes under the test
+# tools prefix, not into the system's Python (Debian's is externally managed): tests put
+# $PREFIX/python on PYTHONPATH.
+if ! PYTHONPATH="$PREFIX/python" python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  python3 -m pip --version >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  log "installing kubernetes-validate 1.37.0 (PyPI) under $PREFIX/python"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$PREFIX/python" \
+    kubernetes-validate==1.37.0
 fi
 
 stamp_ok() { [ "$(cat "$PREFIX/stamps/$1" 2>/dev/null)" = "$2" ]; }

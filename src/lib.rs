@@ -6,6 +6,13 @@
 //! ```text
 //! main.rs ── cli ── config (TOML, every problem reported at once)
 //!              │
+//!              ├─ reload::load ── policy at start; reload::Reloader: SIGHUP + inotify on the
+//!              │                  policy file → Verifier::reload (new generation), refusals
+//!              │                  keep the old policy; PolicyStatus for metrics
+//!              ├─ notify ── sd_notify: READY=1 once bound with the policy loaded, WATCHDOG=1
+//!              │            from a task on the proxy's event loop, STATUS=, STOPPING=1
+//!              ├─ kubelet ── the installer's kubelet endpoint edit (hidden `kubelet-endpoint`)
+//!              │
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
 //!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
@@ -57,6 +64,9 @@
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod kubelet;
+pub mod notify;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod verify;

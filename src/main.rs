@@ -4,14 +4,16 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use cri_guard::cli::{Cli, Command, ServeArgs, VerifyArgs};
+use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
+use cri_guard::notify::{self, Notifier};
 use cri_guard::proxy::grpc::Text;
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
 use cri_guard::registry::Auth;
+use cri_guard::reload::{self, PolicyStatus, Reloader};
 use cri_guard::verify::Verifier;
 use cri_guard::verify::policy::Policy;
 
@@ -23,6 +25,44 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, policy } => check_config(file, policy),
         Command::Serve(args) => serve(&args),
         Command::Verify(args) => verify(&args),
+        Command::KubeletEndpoint(args) => kubelet_endpoint(&args),
+    }
+}
+
+/// The installer's kubelet edit (see `cri_guard::kubelet`): the new text on stdout, each change
+/// on stderr; 65 (EX_DATAERR) when the file can't be read or edited safely.
+fn kubelet_endpoint(args: &KubeletEndpointArgs) -> ExitCode {
+    use cri_guard::kubelet::{Format, set_endpoint};
+    const EX_DATAERR: u8 = 65;
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cri-guard: {}: cannot read: {e}", args.file.display());
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    let format = if args.flags {
+        Format::Flags
+    } else {
+        Format::Config
+    };
+    match set_endpoint(&text, format, &args.endpoint) {
+        Ok(edit) => {
+            for (key, before) in &edit.changed {
+                eprintln!(
+                    "{}: {key}: {} -> {}",
+                    args.file.display(),
+                    before.as_deref().unwrap_or("(not set)"),
+                    args.endpoint
+                );
+            }
+            print!("{}", edit.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cri-guard: {}: {e}", args.file.display());
+            ExitCode::from(EX_DATAERR)
+        }
     }
 }
 
@@ -65,7 +105,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let policy = match cfg.policy.as_deref().map(Policy::load).transpose() {
+    let loaded = match cfg.policy.as_deref().map(reload::load).transpose() {
         Ok(p) => p,
         Err(e) => {
             eprint!("{e}");
@@ -81,20 +121,33 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let (guard, verifier): (Arc<dyn Guard>, Option<Verifier>) = match policy {
+        let notifier = Arc::new(Notifier::from_env());
+        let (guard, reloader): (Arc<dyn Guard>, Option<(Verifier, Reloader)>) = match loaded {
             None => {
                 tracing::warn!(
                     "no `policy` configured: every image is allowed (transparent proxy)"
                 );
                 (Arc::new(AllowAll), None)
             }
-            Some(p) => match Verifier::new(p, Some(cfg.upstream.clone())) {
-                Ok(v) => (Arc::new(v.clone()), Some(v)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
+            Some(loaded) => {
+                let generation = loaded.policy.generation;
+                match Verifier::new(loaded.policy, Some(cfg.upstream.clone())) {
+                    Ok(v) => {
+                        let reloader = Reloader::new(
+                            cfg.policy.clone().unwrap_or_default(),
+                            loaded.fingerprint,
+                            apply_to(v.clone()),
+                            Arc::new(PolicyStatus::new(generation)),
+                            notifier.clone(),
+                        );
+                        (Arc::new(v.clone()), Some((v, reloader)))
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
-            },
+            }
         };
         let proxy = match Proxy::bind(&cfg, guard) {
             Ok(p) => p,
@@ -103,19 +156,75 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The socket accepts and the policy is in force: tell the service manager (Type=notify),
+        // which only then starts what is ordered after us (the kubelet).
+        let policy_text = cfg
+            .policy
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        notifier.ready(&format!(
+            "serving on {}; policy {}",
+            cfg.listen.display(),
+            if policy_text.is_empty() {
+                "none (every image allowed)"
+            } else {
+                &policy_text
+            }
+        ));
         tracing::info!(
             listen = %cfg.listen.display(),
             upstream = %cfg.upstream.display(),
-            policy = %cfg.policy.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            policy = %policy_text,
             "cri-guard ready"
         );
-        if let (Some(v), Some(path)) = (verifier, cfg.policy.clone()) {
-            tokio::spawn(report_sandbox_image(v.clone()));
-            tokio::spawn(reload_on_sighup(v, path));
+        if let Some(interval) = notify::watchdog_interval_from_env().filter(|_| notifier.enabled())
+        {
+            tracing::info!(interval = ?interval, "sending watchdog pings");
+            tokio::spawn(notify::watchdog(notifier.clone(), interval));
         }
-        proxy.run(shutdown_signal()).await;
+        match reloader {
+            Some((v, reloader)) => {
+                tokio::spawn(report_sandbox_image(v));
+                tokio::spawn(reloader.run(cfg.policy_watch));
+            }
+            None => {
+                tokio::spawn(sighup_without_policy());
+            }
+        }
+        proxy.run(shutdown_signal(notifier)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// How a reloaded policy is put in force: a new verifier state (new generation, empty cache),
+/// then the sandbox image is checked against it again.
+fn apply_to(verifier: Verifier) -> reload::Apply {
+    let report: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+    Arc::new(move |policy: Policy| {
+        verifier.reload(policy).map_err(|e| e.to_string())?;
+        let task = tokio::spawn(report_sandbox_image(verifier.clone())).abort_handle();
+        if let Some(previous) = report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            previous.abort();
+        }
+        Ok(())
+    })
+}
+
+/// Without a policy there is nothing to reload, but SIGHUP must not end the process (its
+/// default action): `systemctl reload` would take the node's runtime endpoint down.
+async fn sighup_without_policy() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::warn!("SIGHUP: no `policy` configured, nothing to reload");
+    }
 }
 
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -128,34 +237,6 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
             .worker_threads(workers)
             .enable_all()
             .build()
-    }
-}
-
-/// SIGHUP: load the policy again; a bad file keeps the old policy (and says why).
-async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; policy reload disabled");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match Policy::load(&path) {
-            Ok(p) => {
-                let generation = p.generation;
-                match verifier.reload(p) {
-                    Ok(()) => {
-                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped");
-                        tokio::spawn(report_sandbox_image(verifier.clone()));
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "policy reload failed; keeping the old policy")
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(problems = ?e.problems, "policy reload refused; keeping the old policy")
-            }
-        }
     }
 }
 
@@ -267,8 +348,8 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
+async fn shutdown_signal(notifier: Arc<Notifier>) {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -279,6 +360,7 @@ async fn shutdown_signal() {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
+            notifier.stopping();
         }
         _ => {
             tracing::error!("cannot install signal handlers; stop cri-guard with SIGKILL");
