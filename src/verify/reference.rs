@@ -230,11 +230,16 @@ impl Normal {
             (None, Some(t)) => format!(":{t}"),
             (None, None) => ":latest".to_string(),
         };
-        Normal {
-            host: normal_host(r.registry()),
-            path: r.repository().to_string(),
-            suffix,
-        }
+        let host = normal_host(r.registry());
+        // Docker Hub under another spelling (`inDex.docker.io`, `registry-1.docker.io`,
+        // `docker.io:443`) is the same registry: its one-component paths are `library/` ones
+        // there too, so every spelling of an image has one normal form (found by fuzzing).
+        let path = if host == "docker.io" && !r.repository().contains('/') {
+            format!("library/{}", r.repository())
+        } else {
+            r.repository().to_string()
+        };
+        Normal { host, path, suffix }
     }
 
     /// `host/path`.
@@ -283,6 +288,24 @@ mod tests {
             (r.registry(), r.repository()),
             ("docker.io", "library/nginx")
         );
+    }
+
+    /// Regression (found by fuzzing): every spelling of Docker Hub gives a one-component path
+    /// the `library/` prefix, so `inDex.docker.io/nginx` is not `docker.io/nginx` while
+    /// `nginx` is `docker.io/library/nginx`, and the normal form parses back to itself.
+    #[test]
+    fn docker_hub_spellings_normalize_alike() {
+        for s in [
+            "inDex.docker.io/nginx",
+            "registry-1.docker.io/nginx",
+            "docker.io:443/nginx",
+            "INDEX.DOCKER.IO/nginx",
+        ] {
+            assert_eq!(n(s), "docker.io/library/nginx:latest", "{s}");
+            assert_eq!(n(&n(s)), n(s), "{s}");
+        }
+        let rule = crate::verify::policy::Pattern::parse("docker.io/library/nginx:*").unwrap();
+        assert!(rule.matches(&Normal::of(&parse("inDex.docker.io/nginx").unwrap())));
     }
 
     /// Host spellings: case and the default HTTPS port don't make another host; aliases do.
