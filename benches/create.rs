@@ -7,6 +7,8 @@
 
 #[path = "../tests/fakes/mod.rs"]
 mod fakes;
+#[path = "results.rs"]
+mod results;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -203,6 +205,17 @@ async fn main() {
     println!(
         "  decision beyond its runtime calls: p50 {:+.1} us",
         percentile(&decide, 0.5) - percentile(&status, 0.5)
+    );
+    results::record(
+        "create",
+        "create",
+        serde_json::json!({
+            "per_path": via.len(),
+            "direct_p50_us": percentile(&plain, 0.5), "direct_p99_us": percentile(&plain, 0.99),
+            "guard_p50_us": percentile(&via, 0.5), "guard_p99_us": percentile(&via, 0.99),
+            "decision_p50_us": percentile(&decide, 0.5), "runtime_calls_p50_us": percentile(&status, 0.5),
+            "verifications": verifications,
+        }),
     );
     support::remove_all_pods(&direct).await;
 }

@@ -11,9 +11,17 @@
 //! cargo build --release && cargo bench --bench passthrough -- --quick # smoke run, ~10 s
 //! ```
 //!
+//! Also: ListImages with 1,000 images (imported with ctr, distinct image IDs), and launch to the
+//! first answered call (spawn -> a Version call answered through the proxy), without and with a
+//! policy. With `CRI_GUARD_BENCH_RESULTS=FILE` every figure is also appended to FILE as JSON
+//! lines for the one report (`scripts/bench.sh`). `CRI_GUARD_CONTAINERD=2.1` runs it on
+//! containerd 2.1.
+//!
 //! Needs root and the test bed's Debian packages (containerd, runc, docker-registry, umoci,
 //! busybox-static) plus socat. `CRI_GUARD_BIN` overrides the binary's path.
 
+#[path = "results.rs"]
+mod results;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -469,6 +477,25 @@ impl Measured {
     }
 }
 
+/// Appends `m` to the results file under `key`.
+fn record(key: &str, m: &Measured) {
+    let (g50, g99) = m.added(2);
+    let (r50, r99) = m.added(1);
+    let (x50, x99) = m.ratios();
+    results::record(
+        "passthrough",
+        key,
+        serde_json::json!({
+            "label": m.label,
+            "direct_p50_us": m.stats[0].p50, "direct_p99_us": m.stats[0].p99,
+            "socat_added_p50_us": r50, "socat_added_p99_us": r99,
+            "guard_added_p50_us": g50, "guard_added_p99_us": g99,
+            "ratio_p50": x50, "ratio_p99": x99,
+            "guard_cpu_us": m.stats[2].cpu_us, "socat_cpu_us": m.stats[1].cpu_us,
+        }),
+    );
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -677,7 +704,7 @@ async fn run(plan: Plan, bin: PathBuf) {
         if plan.quick { " --quick" } else { "" },
         bin.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        containerd_version(),
+        containerd_label(),
     );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -781,12 +808,18 @@ async fn run(plan: Plan, bin: PathBuf) {
             plan.cheap_batch,
         )
         .await;
+        record(&format!("version-{rep}"), &m);
         version_runs.push(m);
     }
-    for (label, what) in [
-        ("ImageStatus".to_string(), Call::ImageStatus(image.clone())),
-        ("ListImages".to_string(), Call::ListImages),
+    for (key, label, what) in [
         (
+            "imagestatus",
+            "ImageStatus".to_string(),
+            Call::ImageStatus(image.clone()),
+        ),
+        ("listimages", "ListImages".to_string(), Call::ListImages),
+        (
+            "listcontainers-small",
             format!("ListContainers ({} containers)", plan.small_containers),
             Call::ListContainers,
         ),
@@ -799,6 +832,7 @@ async fn run(plan: Plan, bin: PathBuf) {
             plan.cheap_batch,
         )
         .await;
+        record(key, &m);
         results.push(m);
     }
 
@@ -819,6 +853,11 @@ async fn run(plan: Plan, bin: PathBuf) {
     println!(
         "  cri-guard / socat: {tput_ratio:.2} [{} >=0.9]",
         if tput_ratio >= 0.9 { "PASS" } else { "MISS" }
+    );
+    results::record(
+        "passthrough",
+        "throughput",
+        serde_json::json!({"direct": tput[0], "socat": tput[1], "guard": tput[2], "ratio": tput_ratio}),
     );
 
     let took = create_containers(
@@ -850,6 +889,37 @@ async fn run(plan: Plan, bin: PathBuf) {
         plan.large_batch,
     )
     .await;
+    record("listcontainers-large", &m);
+    results.push(m);
+
+    // ListImages with many images: distinct image IDs, imported with ctr.
+    let (n, took) = import_images(&bed, &dir, plan.large_containers);
+    let mut listed = 0;
+    for c in paths.clients.iter_mut() {
+        for _ in 0..5 {
+            call(c, &Call::ListImages).await;
+        }
+        listed = c
+            .img
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .map(|r| r.into_inner().images.len())
+            .unwrap_or(0);
+    }
+    println!();
+    println!(
+        "imported {n} images with ctr in {:.2} s; ListImages lists {listed}",
+        took.as_secs_f64()
+    );
+    let m = measure(
+        &mut paths,
+        &format!("ListImages ({listed} images)"),
+        &Call::ListImages,
+        plan.large_iters,
+        plan.large_batch,
+    )
+    .await;
+    record("listimages-large", &m);
     results.push(m);
 
     let (end_rss, hwm) = rss_kib(guard.pid());
@@ -894,6 +964,61 @@ async fn run(plan: Plan, bin: PathBuf) {
         ready_median.as_secs_f64() * 1e3,
         ready[0].as_secs_f64() * 1e3,
         ready_max.as_secs_f64() * 1e3,
+    );
+
+    results::record(
+        "passthrough",
+        "ready",
+        serde_json::json!({"median_ms": ready_median.as_secs_f64() * 1e3, "max_ms": ready_max.as_secs_f64() * 1e3, "runs": runs}),
+    );
+
+    // Launch to the first answered call, without and with a policy.
+    let policy = write_launch_policy(&dir);
+    let mut first = Vec::new();
+    for (key, with_policy) in [
+        ("first-answer", None),
+        ("first-answer-policy", Some(policy)),
+    ] {
+        let (bin2, csock2, dir2) = (bin.clone(), csock.clone(), dir.join(key));
+        std::fs::create_dir_all(&dir2).expect("first-answer dir");
+        let runs = plan.ready_runs;
+        let mut t: Vec<Duration> = tokio::task::spawn_blocking(move || {
+            (0..runs)
+                .map(|i| {
+                    first_answer(
+                        &bin2,
+                        &dir2.join(format!("f{i}.sock")),
+                        &csock2,
+                        with_policy.as_deref(),
+                    )
+                })
+                .collect()
+        })
+        .await
+        .expect("first-answer runs");
+        t.sort_unstable();
+        let (median, max) = (t[t.len() / 2], t[t.len() - 1]);
+        println!(
+            "Launch to first answered call ({}), {runs} runs: median {:.2} ms, max {:.2} ms",
+            if key == "first-answer" {
+                "no policy"
+            } else {
+                "with a 40-rule policy"
+            },
+            median.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+        results::record(
+            "passthrough",
+            key,
+            serde_json::json!({"median_ms": median.as_secs_f64() * 1e3, "max_ms": max.as_secs_f64() * 1e3, "runs": runs}),
+        );
+        first.push(median);
+    }
+    results::record(
+        "passthrough",
+        "rss",
+        serde_json::json!({"idle_mib": idle_rss as f64 / 1024.0, "end_mib": end_rss as f64 / 1024.0, "peak_mib": hwm as f64 / 1024.0}),
     );
 
     // Summary.
@@ -978,12 +1103,172 @@ async fn run(plan: Plan, bin: PathBuf) {
     );
 }
 
-fn containerd_version() -> String {
-    Command::new(support::util::require_bin("containerd", "containerd"))
+/// The containerd this run uses (`CRI_GUARD_CONTAINERD`) and its exact version.
+fn containerd_label() -> String {
+    let v = support::ContainerdVersion::from_env();
+    format!(
+        "{} ({})",
+        v.label(),
+        containerd_version(&v.binary("containerd"))
+    )
+}
+
+fn containerd_version(bin: &Path) -> String {
+    Command::new(bin)
         .arg("--version")
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.split_whitespace().nth(2).map(str::to_string))
         .unwrap_or_else(|| "?".into())
+}
+
+/// Imports `n` images with distinct image IDs (one empty layer, configs that differ by a label)
+/// from one OCI layout archive with ctr; returns how many and how long it took.
+fn import_images(bed: &TestBed, dir: &Path, n: usize) -> (usize, Duration) {
+    use sha2::Digest as _;
+    let start = Instant::now();
+    let layout = dir.join("many-images");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout dir");
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = support::util::sha256_hex(bytes).unwrap_or_else(|| {
+            sha2::Sha256::digest(bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        });
+        std::fs::write(blobs.join(&hex), bytes).expect("blob");
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    // An empty tar: two zero blocks.
+    let (layer, layer_size) = put(&[0u8; 1024]);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let mut manifests = Vec::with_capacity(n);
+    for i in 0..n {
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Labels": {"cri-guard.bench/n": i.to_string()}},
+            "rootfs": {"type": "layers", "diff_ids": [layer]},
+        });
+        let (cd, cs) = put(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_size}],
+        });
+        let (md, ms) = put(manifest.to_string().as_bytes());
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md, "size": ms,
+            "platform": {"architecture": arch, "os": "linux"},
+            "annotations": {"org.opencontainers.image.ref.name": format!("t{i}")},
+        }));
+    }
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
+    )
+    .expect("index.json");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
+    let archive = dir.join("many-images.tar");
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .output()
+        .expect("run tar");
+    assert!(out.status.success(), "tar: {out:?}");
+    let out = bed.ctr(&[
+        "image",
+        "import",
+        "--base-name",
+        "bench.local/many",
+        archive.to_str().expect("archive path"),
+    ]);
+    assert!(out.status.success(), "ctr image import: {out:?}");
+    let _ = std::fs::remove_dir_all(&layout);
+    let _ = std::fs::remove_file(&archive);
+    (n, start.elapsed())
+}
+
+/// A policy like a real node's: 40 rules (namespaced, with key attestors), a skip rule for the
+/// pause image, and a required attestation with a condition.
+fn write_launch_policy(dir: &Path) -> PathBuf {
+    let key = support::sign::TestKey::p256().write_public(dir, "launch-key");
+    let mut text = String::from(
+        "default = \"enforce\"\n[[rules]]\nname = \"pause\"\nimageReferences = [\"registry.k8s.io/pause:*\"]\nmode = \"skip\"\n",
+    );
+    for i in 0..40 {
+        text.push_str(&format!(
+            "[[rules]]\nname = \"team-{i}\"\nimageReferences = [\"registry.example.com/team-{i}/*\", \"ghcr.io/org-{i}/*:v*\"]\n\
+             namespaces = [\"team-{i}\", \"team-{i}-*\"]\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
+            key.display()
+        ));
+        if i % 4 == 0 {
+            text.push_str(
+                "[[rules.attestations]]\npredicateType = \"slsaprovenance\"\n\
+                 conditions = [{ path = \"builder.id\", equals = \"https://github.com/actions/runner\" }]\n",
+            );
+        }
+    }
+    let path = dir.join("launch-policy.toml");
+    std::fs::write(&path, text).expect("launch policy");
+    path
+}
+
+/// Spawns cri-guard (with `policy`, if any) on `sock` and returns the time from spawn until a
+/// Version call through it is answered.
+fn first_answer(bin: &Path, sock: &Path, upstream: &Path, policy: Option<&Path>) -> Duration {
+    let log = sock.with_extension("log");
+    let mut cmd = guard_command(bin, sock, upstream, &log);
+    if let Some(p) = policy {
+        cmd.arg("--policy").arg(p);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let start = Instant::now();
+    let child = cmd.spawn().expect("spawn cri-guard");
+    let mut p = Proc {
+        name: "cri-guard",
+        child,
+    };
+    let answered = rt.block_on(async {
+        loop {
+            if StdUnixStream::connect(sock).is_ok() {
+                let r = cri::runtime_client(sock)
+                    .version(cri::VersionRequest {
+                        version: "v1".into(),
+                    })
+                    .await;
+                if r.is_ok() {
+                    return Some(start.elapsed());
+                }
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+    });
+    p.stop();
+    answered.unwrap_or_else(|| {
+        panic!(
+            "cri-guard answered no call within 5 s; log:\n{}",
+            support::util::log_tail(&log, 20)
+        )
+    })
 }

@@ -8,7 +8,11 @@
 //!    the same raw HTTP requests made by a plain reqwest client, interleaved batches.
 //! 3. 200 concurrent `check_image` calls on one unverified digest: verifications run, wrong
 //!    answers, registry requests, wall time.
-//! 4. Resident memory with 100,000 cached decisions (measured in a fresh child process).
+//!    Also 200 concurrent calls over 50 distinct digests (4 each): one verification per digest.
+//! 4. Resident memory with 0, 10,000 and 100,000 cached decisions (in a fresh child process).
+//!
+//! With `CRI_GUARD_BENCH_RESULTS=FILE` the key figures are also appended to FILE (JSON lines)
+//! for the one report (`scripts/bench.sh`).
 //!
 //! ```text
 //! cargo bench --bench verify             # full run
@@ -18,6 +22,8 @@
 //! Needs root and the test bed's Debian packages (containerd, runc, docker-registry, umoci,
 //! busybox-static). Targets are printed with PASS/MISS; a miss never fails the run.
 
+#[path = "results.rs"]
+mod results;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -158,6 +164,10 @@ fn main() {
         .expect("runtime");
     for round in 0..plan.rounds {
         mt.block_on(concurrent(&plan, &env, "multi-thread(2)", round));
+    }
+    for round in 0..plan.rounds {
+        rt.block_on(concurrent_many(&plan, &env, "current-thread", round));
+        mt.block_on(concurrent_many(&plan, &env, "multi-thread(2)", round));
     }
     drop(mt);
     memory(&plan, &env);
@@ -510,6 +520,18 @@ async fn cache_hit(plan: &Plan, env: &Env) {
             s.p50,
             s.p99
         );
+        if let Some(key) = match kind {
+            Hit::Digest => Some("hit-digest"),
+            Hit::Tag => Some("hit-tag"),
+            Hit::Parse => Some("hit-parse-baseline"),
+            _ => None,
+        } {
+            results::record(
+                "verify",
+                key,
+                serde_json::json!({"p50_us": s.p50, "p99_us": s.p99}),
+            );
+        }
     }
     let (hits, misses, runs) = verifier.stats();
     println!(
@@ -783,6 +805,17 @@ async fn cold(plan: &Plan, env: &Env) {
         for l in lines {
             println!("        {l}");
         }
+        let key = match (by_tag, reuse.is_some()) {
+            (true, false) => "roundtrips-tag-cold",
+            (false, false) => "roundtrips-digest-cold",
+            (true, true) => "roundtrips-tag-warm",
+            (false, true) => "roundtrips-digest-warm",
+        };
+        results::record(
+            "verify",
+            key,
+            serde_json::json!({"requests": reqs, "connections": conns, "allowed": d.allowed}),
+        );
     }
     let raw = Raw::new(&env.fwd.addr);
     env.fwd.reset();
@@ -849,6 +882,7 @@ async fn cold(plan: &Plan, env: &Env) {
         for by_tag in [true, false] {
             let kind = if by_tag { "tag ref" } else { "digest ref" };
             let mut ratios = Vec::new();
+            let (mut last_cold_p50, mut last_raw_p50) = (0.0, 0.0);
             for round in 0..plan.rounds {
                 let (a, b, wrong) = if fresh {
                     cold_fresh(plan, env, by_tag).await
@@ -857,6 +891,7 @@ async fn cold(plan: &Plan, env: &Env) {
                 };
                 let (a, b) = (summarize(&a), summarize(&b));
                 ratios.push(a.p50 / b.p50);
+                (last_cold_p50, last_raw_p50) = (a.p50, b.p50);
                 println!(
                     "    {kind:<12} {round:>5} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>10.2}x{}",
                     a.p50,
@@ -872,6 +907,15 @@ async fn cold(plan: &Plan, env: &Env) {
                 );
             }
             let m = median(&ratios);
+            results::record(
+                "verify",
+                &format!(
+                    "cold-{}-{}",
+                    if by_tag { "tag" } else { "digest" },
+                    if fresh { "coldpool" } else { "warmpool" }
+                ),
+                serde_json::json!({"ratio_median": m, "ratios": ratios, "cold_p50_us": last_cold_p50, "raw_p50_us": last_raw_p50}),
+            );
             println!(
                 "    {kind:<12} median of {} rounds: cold/raw p50 = {m:.2}x   target <= 2x: {}",
                 plan.rounds,
@@ -1015,7 +1059,54 @@ async fn concurrent(plan: &Plan, env: &Env, runtime: &str, round: usize) {
             wall.as_secs_f64() * 1000.0,
             verdict(runs == 1 && wrong == 0)
         );
+        results::record(
+            "verify",
+            "concurrent-repeated",
+            serde_json::json!({"runtime": runtime, "round": round, "what": what, "calls": plan.concurrent,
+                "verifications": runs, "wrong": wrong, "requests": reqs, "wall_ms": wall.as_secs_f64() * 1000.0}),
+        );
     }
+}
+
+/// `plan.concurrent` concurrent `check_image` calls spread over up to 50 distinct signed
+/// digests (each asked for several times at once): exactly one verification per digest.
+async fn concurrent_many(plan: &Plan, env: &Env, runtime: &str, round: usize) {
+    let distinct: Vec<&Img> = env.images.iter().skip(2).take(50).collect();
+    let v = env.verifier(true);
+    env.fwd.reset();
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..plan.concurrent)
+        .map(|i| {
+            let img = distinct[i % distinct.len()];
+            let (v, image, digest) = (v.clone(), img.digest_ref.clone(), img.digest.clone());
+            tokio::spawn(async move {
+                let d = v.check_image(&image, NS, &Auth::Anonymous).await;
+                d.allowed && d.digest.as_deref() == Some(digest.as_str())
+            })
+        })
+        .collect();
+    let mut wrong = 0u64;
+    for task in tasks {
+        wrong += u64::from(!task.await.unwrap_or(false));
+    }
+    let wall = t.elapsed();
+    let (_, _, runs) = v.stats();
+    let (_, reqs, _) = env.fwd.snapshot();
+    println!(
+        "  {runtime:<16} round {round} {} calls over {} digests: wall {:>6.2} ms, verifications \
+         {runs}, wrong {wrong}, registry requests {reqs}   target {} verifications + 0 wrong: {}",
+        plan.concurrent,
+        distinct.len(),
+        wall.as_secs_f64() * 1000.0,
+        distinct.len(),
+        verdict(runs == distinct.len() as u64 && wrong == 0)
+    );
+    results::record(
+        "verify",
+        "concurrent-many",
+        serde_json::json!({"runtime": runtime, "round": round, "calls": plan.concurrent, "digests": distinct.len(),
+            "verifications": runs, "wrong": wrong, "requests": reqs, "wall_ms": wall.as_secs_f64() * 1000.0}),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1057,6 +1148,7 @@ fn memory(plan: &Plan, env: &Env) {
             .unwrap_or(0)
     };
     let (bare, idle, empty, full) = (field("bare"), field("idle"), field("empty"), field("full"));
+    let ten = field("ten");
     let n = plan.mem_entries as f64;
     println!(
         "  bare process (main entered)           {:>7.1} MiB",
@@ -1080,7 +1172,17 @@ fn memory(plan: &Plan, env: &Env) {
         full.saturating_sub(idle) as f64 * 1024.0 / n,
         verdict(mib(full) <= 60.0)
     );
+    println!(
+        "  (after the first 10,000 decisions      {:>7.1} MiB)",
+        mib(ten)
+    );
     println!("  bench process itself now: {:.1} MiB", mib(vm_rss_kib()));
+    results::record(
+        "verify",
+        "memory",
+        serde_json::json!({"bare_mib": mib(bare), "idle_mib": mib(idle), "empty_cache_mib": mib(empty),
+            "ten_thousand_mib": mib(ten), "full_mib": mib(full), "entries": plan.mem_entries}),
+    );
 }
 
 /// Child: RSS at start, with an idle verifier, with an empty cache, with `entries` decisions.
@@ -1096,7 +1198,11 @@ fn memory_child(policy: &Path, entries: usize) {
         let cache: Cache<Key, Outcome> = Cache::new(entries);
         let empty = vm_rss_kib();
         let mut rng = SplitMix(7);
+        let mut ten = 0;
         for i in 0..entries {
+            if i == 10_000 {
+                ten = vm_rss_kib();
+            }
             // ~40-character repositories, as `registry/path`.
             let scope = format!("registry.example.com/team-{:02}/svc-{i:07}", i % 50);
             cache.insert(
@@ -1116,7 +1222,7 @@ fn memory_child(policy: &Path, entries: usize) {
         let mut stdout = std::io::stdout();
         let _ = writeln!(
             stdout,
-            "bare={bare} idle={idle} empty={empty} full={full} len={}",
+            "bare={bare} idle={idle} empty={empty} ten={ten} full={full} len={}",
             cache.len()
         );
     });

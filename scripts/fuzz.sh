@@ -68,15 +68,15 @@ for t in "${TARGETS[@]}"; do
   rc=$?
   set -e
   execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log" | tail -1 || true)
-  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
-  edges=$(grep -oE 'Loaded 1 modules +\([0-9]+ inline 8-bit counters\)' "$log" | grep -oE '[0-9]+ inline' | cut -d' ' -f1 || true)
+  cov=$(grep -aoE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
+  edges=$(grep -aoE 'Loaded 1 modules +\([0-9]+ inline 8-bit counters\)' "$log" | grep -aoE '[0-9]+ inline' | cut -d' ' -f1 || true)
   corpus=$(find "$work/corpus" -type f | wc -l)
   line=$(printf '%-12s execs %-9s %-22s of %s edges, corpus %s' "$t" "${execs:-?}" "${cov:-cov: ?}" "${edges:-?}" "$corpus")
   if [ $rc -ne 0 ]; then
     failed=1
-    artifact=$(grep -oE "Test unit written to [^ ]+" "$log" | tail -1 | cut -d' ' -f5 || true)
+    artifact=$(grep -aoE "Test unit written to [^ ]+" "$log" | tail -1 | cut -d' ' -f5 || true)
     line="$line  FAILED (exit $rc)"
-    grep -E "panicked at|ERROR: libFuzzer|SUMMARY" -A3 "$log" | head -20 || true
+    grep -aE "panicked at|ERROR: libFuzzer|SUMMARY" -A3 "$log" | head -20 || true
     echo "fuzz: $t failed; input: ${artifact:-see $log}"
     echo "fuzz: reproduce with: scripts/fuzz.sh repro $t ${artifact:-FILE}"
   fi

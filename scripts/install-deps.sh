@@ -7,6 +7,7 @@
 # - the unit and installer checks: systemd (systemd-analyze, systemctl --root), strace,
 #   shellcheck, and kubernetes-validate from PyPI (Kubernetes schemas, offline)
 # - image building: umoci, busybox-static; the benchmark's plain byte relay: socat
+# - the fuzz targets (scripts/fuzz.sh): g++ builds libFuzzer (libfuzzer-sys) from source
 # - a Rust toolchain (rustup) if cargo is missing
 #
 # Test tools under one project-owned prefix, $CRI_GUARD_TESTTOOLS (default /opt/cri-guard-testtools),
@@ -38,7 +39,7 @@ log() { printf '[install-deps %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------- system
 pkgs=(containerd runc docker-registry umoci busybox-static socat ca-certificates curl gcc libc6-dev
-  systemd strace shellcheck)
+  g++ systemd strace shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

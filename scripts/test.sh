@@ -2,7 +2,8 @@
 # Runs the whole test suite (as root): unit tests, in-process fake-upstream tests, and tests
 # against a real containerd and registries that each test starts and stops in its own temp dir.
 # Then the containerd matrix: every test file that starts a real test bed runs again against
-# containerd 2.1 (the first pass uses the system's containerd 1.6).
+# containerd 2.1 (the first pass uses the system's containerd 1.6). Last, a bounded fuzz run
+# (scripts/fuzz.sh, about a minute plus its build; docs/fuzzing.md): a crash fails the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -24,3 +25,7 @@ t0=$SECONDS
 echo "test.sh: containerd 2.1:${bed_tests[*]//--test/}"
 CRI_GUARD_CONTAINERD=2.1 cargo test --locked "${bed_tests[@]}"
 echo "test.sh: real-containerd tests on containerd 2.1 in $((SECONDS - t0)) s"
+
+t0=$SECONDS
+FUZZ_SECONDS=${FUZZ_SECONDS:-6} scripts/fuzz.sh
+echo "test.sh: fuzzing in $((SECONDS - t0)) s"

@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cri_guard::registry::Auth;
-use cri_guard::verify::{Decision, Outcome, Verifier};
 use cri_guard::verify::policy::Policy;
+use cri_guard::verify::{Decision, Outcome, Verifier};
 use front::{Action, Front, Gate, Req};
 use support::Registry;
 use support::sign::{self, TestKey};
@@ -133,8 +133,14 @@ fn faulty(fault: Fault, registry: &str) -> impl Fn(&Req) -> Action + Send + Sync
         if !is_signature_fetch(r) {
             return front::pass(r);
         }
-        let real = support::util::http(&registry, "GET", &r.path, &[("Accept", MANIFEST_ACCEPT)], b"")
-            .expect("GET from the real registry");
+        let real = support::util::http(
+            &registry,
+            "GET",
+            &r.path,
+            &[("Accept", MANIFEST_ACCEPT)],
+            b"",
+        )
+        .expect("GET from the real registry");
         let ctype = real
             .header("Content-Type")
             .unwrap_or("application/octet-stream")
@@ -152,7 +158,11 @@ fn faulty(fault: Fault, registry: &str) -> impl Fn(&Req) -> Action + Send + Sync
             }
             Fault::LongerContentLength => {
                 let len = (body.len() + 4096).to_string();
-                Action::reply(200, &[("Content-Type", &ctype), ("Content-Length", &len)], body)
+                Action::reply(
+                    200,
+                    &[("Content-Type", &ctype), ("Content-Length", &len)],
+                    body,
+                )
             }
             Fault::Oversized => {
                 // Still valid JSON (whitespace), but past `fetch.maxManifestSize` / the
@@ -227,7 +237,10 @@ async fn signature_fetch_faults_deny_then_recover() {
         Fault::HtmlPage,
     ];
     let mut names = vec!["warm"];
-    let fresh: Vec<String> = faults.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+    let fresh: Vec<String> = faults
+        .iter()
+        .map(|f| format!("{f:?}").to_lowercase())
+        .collect();
     names.extend(fresh.iter().map(String::as_str));
     push_signed(&registry, &key, &names);
 
@@ -255,7 +268,11 @@ async fn signature_fetch_faults_deny_then_recover() {
         assert!(!d.allowed, "{fault:?}: allowed on retry during the fault");
         // A decision made before the fault still stands.
         let d = v.check_image(&warm, "default", &Auth::Anonymous).await;
-        assert!(d.allowed && d.cached, "{fault:?}: cached decision lost: {}", d.reason());
+        assert!(
+            d.allowed && d.cached,
+            "{fault:?}: cached decision lost: {}",
+            d.reason()
+        );
 
         front.set(front::pass);
         tokio::time::sleep(NEGATIVE_TTL + Duration::from_millis(100)).await;
@@ -277,8 +294,16 @@ async fn registry_down_and_slow_deny_within_bound_then_recover() {
     let front = Front::start(Some(registry.addr()), front::pass).await;
     let switch = Switch::start(&front.addr).await;
     let v = policy(dir.path(), &switch.addr, &key_path);
-    let warm = format!("{}/warm@{}", switch.addr, registry.manifest_digest("warm", "v1").unwrap());
-    assert!(v.check_image(&warm, "default", &Auth::Anonymous).await.allowed);
+    let warm = format!(
+        "{}/warm@{}",
+        switch.addr,
+        registry.manifest_digest("warm", "v1").unwrap()
+    );
+    assert!(
+        v.check_image(&warm, "default", &Auth::Anonymous)
+            .await
+            .allowed
+    );
 
     // Down.
     switch.down().await;
@@ -288,7 +313,11 @@ async fn registry_down_and_slow_deny_within_bound_then_recover() {
     let took = t.elapsed();
     assert!(!d.allowed, "allowed while the registry is down");
     assert!(!far_beyond(took, VERIFY_TIMEOUT), "down: took {took:?}");
-    assert!(unavailable(&d), "down: not reported as unavailable: {}", d.reason());
+    assert!(
+        unavailable(&d),
+        "down: not reported as unavailable: {}",
+        d.reason()
+    );
     let d = v.check_image(&warm, "default", &Auth::Anonymous).await;
     assert!(d.allowed && d.cached, "down: cached decision lost");
     switch.up().await;
@@ -305,9 +334,16 @@ async fn registry_down_and_slow_deny_within_bound_then_recover() {
     let d = v.check_image(&image, "default", &Auth::Anonymous).await;
     let took = t.elapsed();
     assert!(!d.allowed, "allowed while the registry hangs");
-    assert!(took >= FETCH_TIMEOUT, "slow: denied before any timeout ({took:?})?");
+    assert!(
+        took >= FETCH_TIMEOUT,
+        "slow: denied before any timeout ({took:?})?"
+    );
     assert!(!far_beyond(took, VERIFY_TIMEOUT), "slow: took {took:?}");
-    assert!(unavailable(&d), "slow: not reported as unavailable: {}", d.reason());
+    assert!(
+        unavailable(&d),
+        "slow: not reported as unavailable: {}",
+        d.reason()
+    );
     let d = v.check_image(&warm, "default", &Auth::Anonymous).await;
     assert!(d.allowed && d.cached, "slow: cached decision lost");
     gate.open();
@@ -344,13 +380,27 @@ async fn pulls_through_the_proxy_during_registry_faults() {
     g.bed.containerd.trust_registry(&front.addr);
     let name = |n: &str| format!("{}/{n}:v1", front.addr);
 
-    g.pull(&name("warm"), "default").await.expect("baseline pull");
+    g.pull(&name("warm"), "default")
+        .await
+        .expect("baseline pull");
 
     front.set(faulty(Fault::Status500, reg.addr()));
-    let e = g.pull(&name("cold"), "default").await.expect_err("allowed during 500s");
-    assert!(e.message().starts_with("RegistryUnavailable") || e.message().starts_with("SignatureValidationFailed"), "{e:?}");
-    assert!(!g.in_store(&name("cold")).await, "a refused image is in the store");
-    g.pull(&name("warm"), "default").await.expect("cached decision during 500s");
+    let e = g
+        .pull(&name("cold"), "default")
+        .await
+        .expect_err("allowed during 500s");
+    assert!(
+        e.message().starts_with("RegistryUnavailable")
+            || e.message().starts_with("SignatureValidationFailed"),
+        "{e:?}"
+    );
+    assert!(
+        !g.in_store(&name("cold")).await,
+        "a refused image is in the store"
+    );
+    g.pull(&name("warm"), "default")
+        .await
+        .expect("cached decision during 500s");
 
     let gate = Gate::new();
     let gt = gate.clone();
@@ -362,15 +412,26 @@ async fn pulls_through_the_proxy_during_registry_faults() {
         }
     });
     let t = Instant::now();
-    let e = g.pull(&name("held"), "default").await.expect_err("allowed while signatures hang");
-    assert!(!far_beyond(t.elapsed(), VERIFY_TIMEOUT), "held: took {:?}", t.elapsed());
+    let e = g
+        .pull(&name("held"), "default")
+        .await
+        .expect_err("allowed while signatures hang");
+    assert!(
+        !far_beyond(t.elapsed(), VERIFY_TIMEOUT),
+        "held: took {:?}",
+        t.elapsed()
+    );
     assert!(e.message().starts_with("RegistryUnavailable"), "{e:?}");
     assert!(!g.in_store(&name("held")).await);
     gate.open();
 
     front.set(front::pass);
     tokio::time::sleep(NEGATIVE_TTL + Duration::from_millis(100)).await;
-    g.pull(&name("cold"), "default").await.expect("recovered: cold");
-    g.pull(&name("held"), "default").await.expect("recovered: held");
+    g.pull(&name("cold"), "default")
+        .await
+        .expect("recovered: cold");
+    g.pull(&name("held"), "default")
+        .await
+        .expect("recovered: held");
     assert!(g.in_store(&name("cold")).await && g.in_store(&name("held")).await);
 }

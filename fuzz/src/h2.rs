@@ -92,9 +92,13 @@ fn state() -> &'static State {
 /// An upstream CRI runtime stand-in: every request's body comes back as its response.
 async fn echo_upstream(listener: tokio::net::UnixListener) {
     loop {
-        let Ok((io, _)) = listener.accept().await else { continue };
+        let Ok((io, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
-            let Ok(mut conn) = h2::server::handshake(io).await else { return };
+            let Ok(mut conn) = h2::server::handshake(io).await else {
+                return;
+            };
             while let Some(Ok((req, mut respond))) = conn.accept().await {
                 tokio::spawn(async move {
                     let mut body = req.into_body();
@@ -110,7 +114,9 @@ async fn echo_upstream(listener: tokio::net::UnixListener) {
                         .header("content-type", "application/grpc")
                         .body(())
                         .unwrap();
-                    let Ok(mut send) = respond.send_response(resp, false) else { return };
+                    let Ok(mut send) = respond.send_response(resp, false) else {
+                        return;
+                    };
                     let _ = send.send_data(Bytes::from(got), false);
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
@@ -124,7 +130,8 @@ async fn echo_upstream(listener: tokio::net::UnixListener) {
 pub(crate) fn proxy(data: &[u8]) {
     let st = state();
     let mut sock = UnixStream::connect(&st.listen).expect("connect to the fuzzed proxy");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut input = PREFACE.to_vec();
     input.extend_from_slice(data);
     // The proxy may close early (a protocol error): a failed write is an answer, not a finding.

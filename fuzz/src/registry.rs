@@ -36,7 +36,6 @@ struct State {
     rt: tokio::runtime::Runtime,
     port: u16,
     served: Arc<Mutex<Served>>,
-    policy: String,
     verifier: Verifier,
     /// Payloads really signed by the configured keys (the oracle's allow list).
     signed: Vec<Vec<u8>>,
@@ -78,6 +77,9 @@ key = "{real}"
 [[rules.attestors]]
 name = "cosign3"
 key = "{c3}"
+[[rules.attestors]]
+name = "cosign-real-2"
+key = "{real2}"
 [[rules]]
 name = "att"
 imageReferences = ["127.0.0.1:{port}/att/*"]
@@ -91,6 +93,7 @@ predicateType = "spdxjson"
 "#,
             real = sh.join("testdata/cosign-real/keys/cosign.pub").display(),
             c3 = sh.join("reference/cosign3/samples/cosign.pub").display(),
+            real2 = sh.join("testdata/cosign-real/keys/cosign2.pub").display(),
         );
         let verifier = Verifier::new(parse(&policy), None).unwrap();
         let mut signed = Vec::new();
@@ -102,7 +105,6 @@ predicateType = "spdxjson"
             rt,
             port,
             served,
-            policy,
             verifier,
             signed,
         }
@@ -110,7 +112,9 @@ predicateType = "spdxjson"
 }
 
 fn walk(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -166,11 +170,18 @@ pub(crate) fn registry(data: &[u8]) {
             _ => "text/html",
         },
     };
-    // A new policy generation per input: no decision carries over from another input.
-    st.verifier.reload(parse(&st.policy)).unwrap();
+    // A repository of its own per input (the fake registry ignores the name, the identity
+    // rule is `any`): no decision carries over from another input, and the verifier (its
+    // client, its policy) stays warm.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let repo = if ctl & 8 == 8 { "att" } else { "sig" };
-    let digest = if ctl & 16 == 16 { DIGEST_COSIGN3 } else { DIGEST_REAL };
-    let image = format!("127.0.0.1:{}/{repo}/app@{digest}", st.port);
+    let digest = if ctl & 16 == 16 {
+        DIGEST_COSIGN3
+    } else {
+        DIGEST_REAL
+    };
+    let image = format!("127.0.0.1:{}/{repo}/app{n}@{digest}", st.port);
     let d = st
         .rt
         .block_on(st.verifier.check_image(&image, "default", &Auth::Anonymous));
@@ -181,7 +192,6 @@ pub(crate) fn registry(data: &[u8]) {
             d.reason()
         );
     }
-
 }
 
 /// Serves `served` over HTTP/1.1, one request per connection: manifests by tag (`.sig`, `.att`,
@@ -189,7 +199,9 @@ pub(crate) fn registry(data: &[u8]) {
 /// matches, else blob 0).
 async fn serve_registry(listener: TcpListener, served: Arc<Mutex<Served>>) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let served = served.lock().unwrap().clone();
         tokio::spawn(async move {
             let mut head = Vec::new();
@@ -205,14 +217,22 @@ async fn serve_registry(listener: TcpListener, served: Arc<Mutex<Served>>) {
             let method = parts.next().unwrap_or("").to_string();
             let path = parts.next().unwrap_or("").to_string();
             let (status, ctype, body): (u16, &str, Vec<u8>) = if path.contains("/referrers/") {
-                (200, "application/vnd.oci.image.index.v1+json", served.referrers)
+                (
+                    200,
+                    "application/vnd.oci.image.index.v1+json",
+                    served.referrers,
+                )
             } else if let Some(tag) = path.split("/manifests/").nth(1) {
                 if tag.ends_with(".sig") {
                     (200, served.content_type, served.sig)
                 } else if tag.ends_with(".att") {
                     (200, served.content_type, served.att)
                 } else if tag.starts_with("sha256-") {
-                    (200, "application/vnd.oci.image.index.v1+json", served.referrers)
+                    (
+                        200,
+                        "application/vnd.oci.image.index.v1+json",
+                        served.referrers,
+                    )
                 } else {
                     (404, "application/json", b"{}".to_vec())
                 }

@@ -18,7 +18,9 @@ fn files_under(rel: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![shared().join(rel)];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         entries.sort();
         for p in entries {
@@ -40,8 +42,12 @@ fn files_under(rel: &str) -> Vec<(String, Vec<u8>)> {
 
 /// The cosign-real cases: (name, payload, signature, certificate, chain, bundle, reference, digest).
 fn cases() -> Vec<[Vec<u8>; 8]> {
-    let Some(text) = read("testdata/cosign-real/vectors.json") else { return vec![] };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else { return vec![] };
+    let Some(text) = read("testdata/cosign-real/vectors.json") else {
+        return vec![];
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return vec![];
+    };
     let mut out = Vec::new();
     for c in v["cases"].as_array().into_iter().flatten() {
         let s = |f: &str| c.get(f).and_then(|x| x.as_str()).map(str::to_string);
@@ -62,7 +68,9 @@ fn cases() -> Vec<[Vec<u8>; 8]> {
             sib("certificate.pem"),
             sib("chain.pem"),
             sib("bundle.json"),
-            s("claimed_docker_reference").unwrap_or_default().into_bytes(),
+            s("claimed_docker_reference")
+                .unwrap_or_default()
+                .into_bytes(),
             s("claimed_digest").unwrap_or_default().into_bytes(),
         ]);
     }
@@ -143,10 +151,12 @@ maxVerificationBlobs = 128
         "sig_layer" => {
             for c in cases() {
                 let name = String::from_utf8_lossy(&c[0]).to_string();
-                out.push((
-                    name,
-                    join(&[&c[1], &c[2], &c[3], &c[4], &c[5], b"", &c[6], &c[7]]),
-                ));
+                for sel in 0u8..4 {
+                    out.push((
+                        format!("{name}-{sel}"),
+                        join(&[&c[1], &c[2], &c[3], &c[4], &c[5], &[sel], &c[6], &c[7]]),
+                    ));
+                }
             }
         }
         "rekor" => {
@@ -159,7 +169,9 @@ maxVerificationBlobs = 128
         "dsse" => {
             for dir in ["5500-old", "5501-old", "5502-old"] {
                 let base = format!("reference/cosign3/samples/{dir}");
-                let Some(env) = read(&format!("{base}/att.layer0.raw")) else { continue };
+                let Some(env) = read(&format!("{base}/att.layer0.raw")) else {
+                    continue;
+                };
                 let digest = read_or_empty(&format!("{base}/subject-image.manifest.json"));
                 let digest = super::sha256_digest(&digest).into_bytes();
                 out.push((dir.into(), join(&[&env, b"", b"", b"", &digest])));
@@ -191,7 +203,9 @@ maxVerificationBlobs = 128
                 .chain(files_under("testdata/cosign-real/keys"))
                 .chain(files_under("testdata/sigstore-conformance/trust"))
                 .chain(files_under("testdata/cosign-real/derived/pki-valid"))
-                .chain(files_under("testdata/cosign-real/derived/fulcio-rekor-valid"))
+                .chain(files_under(
+                    "testdata/cosign-real/derived/fulcio-rekor-valid",
+                ))
             {
                 for sel in 0u8..6 {
                     let mut s = vec![sel];
@@ -234,7 +248,16 @@ fn registry_seeds(out: &mut Vec<(String, Vec<u8>)>) {
         let a0 = read_or_empty(&format!("{base}/attest-bundle.layer0.raw"));
         out.push((
             dir.into(),
-            join(&[&[16 | 4], &sign, &attest, &referrers, &l0, &a0, &sign, &attest]),
+            join(&[
+                &[16 | 4],
+                &sign,
+                &attest,
+                &referrers,
+                &l0,
+                &a0,
+                &sign,
+                &attest,
+            ]),
         ));
     }
     // cosign-real key signatures: a one-layer `.sig` manifest around each derived layer.
@@ -243,7 +266,9 @@ fn registry_seeds(out: &mut Vec<(String, Vec<u8>)>) {
         let Some(layer) = read(&format!("testdata/cosign-real/derived/{name}/layer.json")) else {
             continue;
         };
-        let Ok(layer) = serde_json::from_slice::<serde_json::Value>(&layer) else { continue };
+        let Ok(layer) = serde_json::from_slice::<serde_json::Value>(&layer) else {
+            continue;
+        };
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -252,7 +277,10 @@ fn registry_seeds(out: &mut Vec<(String, Vec<u8>)>) {
             "layers": [layer],
         });
         let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
-        out.push((format!("real-{name}"), join(&[&[1], &manifest, b"", b"", &c[1]])));
+        out.push((
+            format!("real-{name}"),
+            join(&[&[1], &manifest, b"", b"", &c[1]]),
+        ));
     }
 }
 
@@ -290,14 +318,19 @@ fn proxy_seeds(out: &mut Vec<(String, Vec<u8>)>) {
         };
         out.push((
             format!("pull{i}"),
-            h2::call(1, "/runtime.v1.ImageService/PullImage", &req.encode_to_vec()),
+            h2::call(
+                1,
+                "/runtime.v1.ImageService/PullImage",
+                &req.encode_to_vec(),
+            ),
         ));
     }
     let create = cri::CreateContainerRequest {
         pod_sandbox_id: "sb".into(),
         config: Some(cri::ContainerConfig {
             image: Some(cri::ImageSpec {
-                image: "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00".into(),
+                image: "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00"
+                    .into(),
                 user_specified_image: "skip.invalid/app:1".into(),
                 ..Default::default()
             }),
@@ -307,7 +340,11 @@ fn proxy_seeds(out: &mut Vec<(String, Vec<u8>)>) {
     };
     out.push((
         "create".into(),
-        h2::call(1, "/runtime.v1.RuntimeService/CreateContainer", &create.encode_to_vec()),
+        h2::call(
+            1,
+            "/runtime.v1.RuntimeService/CreateContainer",
+            &create.encode_to_vec(),
+        ),
     ));
     let run = cri::RunPodSandboxRequest {
         config: Some(sandbox("default")),
@@ -315,7 +352,11 @@ fn proxy_seeds(out: &mut Vec<(String, Vec<u8>)>) {
     };
     out.push((
         "runpodsandbox".into(),
-        h2::call(1, "/runtime.v1.RuntimeService/RunPodSandbox", &run.encode_to_vec()),
+        h2::call(
+            1,
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            &run.encode_to_vec(),
+        ),
     ));
     let version = cri::VersionRequest {
         version: "v1".into(),
@@ -329,7 +370,11 @@ fn proxy_seeds(out: &mut Vec<(String, Vec<u8>)>) {
         out.push((name.into(), h2::call(1, path, &version.encode_to_vec())));
     }
     // Two calls on one connection, and a call whose body spans several DATA frames.
-    let mut two = h2::call(1, "/runtime.v1.RuntimeService/Version", &version.encode_to_vec());
+    let mut two = h2::call(
+        1,
+        "/runtime.v1.RuntimeService/Version",
+        &version.encode_to_vec(),
+    );
     two.extend(h2::call_frames(
         3,
         "/runtime.v1.ImageService/PullImage",

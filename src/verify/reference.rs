@@ -94,8 +94,11 @@ pub fn parse(s: &str) -> Result<Reference, RefError> {
     if let Some(c) = path.split('/').find(|c| !valid_component(c)) {
         return Err(RefError::Component(c.to_string()));
     }
-    if name.len() > 255 {
-        return Err(RefError::NameTooLong(name.len()));
+    // distribution/reference checks the length of the normalized name (`docker.io/library/`
+    // included), so a short name can be too long once expanded (found by fuzzing).
+    let full = host.len() + 1 + path.len();
+    if name.len() > 255 || full > 255 {
+        return Err(RefError::NameTooLong(name.len().max(full)));
     }
     if let Some(t) = tag {
         if !valid_tag(t) {
@@ -306,6 +309,21 @@ mod tests {
         }
         let rule = crate::verify::policy::Pattern::parse("docker.io/library/nginx:*").unwrap();
         assert!(rule.matches(&Normal::of(&parse("inDex.docker.io/nginx").unwrap())));
+    }
+
+    /// Regression (found by fuzzing): the 255-byte name limit applies to the normalized name,
+    /// as in distribution/reference, so a Docker Hub short name that fits only before
+    /// `docker.io/library/` is added is refused, and every accepted name's normal form parses.
+    #[test]
+    fn name_limit_counts_the_normalized_name() {
+        let short = "a".repeat(250);
+        assert!(matches!(parse(&short), Err(RefError::NameTooLong(n)) if n == 268));
+        let fits = "a".repeat(255 - "docker.io/library/".len());
+        assert_eq!(
+            parse(&n(&fits)).unwrap().repository(),
+            format!("library/{fits}")
+        );
+        assert!(parse(&format!("{fits}a")).is_err());
     }
 
     /// Host spellings: case and the default HTTPS port don't make another host; aliases do.
