@@ -355,25 +355,36 @@ async fn registry_down_and_slow_deny_within_bound_then_recover() {
 
 /// Through the proxy, against a real containerd pulling from the same registry: while the
 /// signature fetches fail (500, then held past the timeout), a pull of a signed image not
-/// verified yet is refused and the image is not in containerd's store; an image verified
-/// before is still pulled; when the registry answers again, the refused image pulls.
+/// verified yet is refused and the image is not in containerd's store, and a CreateContainer of
+/// a signed image that reached the node without cri-guard (pulled straight from containerd) is
+/// refused and creates nothing; an image verified before is still pulled; when the registry
+/// answers again, the refused pull and the refused create go through.
 #[tokio::test]
-async fn pulls_through_the_proxy_during_registry_faults() {
-    let g = guarded::Guarded::start(|_bed, key| {
-        format!(
+async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
+    let g = guarded::Guarded::start(|bed, key| {
+        let mut text = format!(
             "[fetch]\ntimeout = \"{}ms\"\nverifyTimeout = \"{}ms\"\n[cache]\nnegativeTtl = \"{}ms\"\n\
+             [[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\
              [[rules]]\nname = \"loopback\"\nimageReferences = [\"127.0.0.1:*/*\"]\nsignedIdentity = \"any\"\n\
              [[rules.attestors]]\nname = \"k\"\nkey = \"{}\"\n",
             FETCH_TIMEOUT.as_millis(),
             VERIFY_TIMEOUT.as_millis(),
             NEGATIVE_TTL.as_millis(),
+            bed.pause_image,
             key.display()
-        )
+        );
+        if bed.containerd_version() == support::ContainerdVersion::V2_1 {
+            text.push_str(&format!("[sandbox]\nimage = \"{}\"\n", bed.pause_image));
+        }
+        text
     })
     .await;
     let reg = &g.bed.registry;
-    for n in ["warm", "cold", "held"] {
-        g.push_signed(n, "v1");
+    // Distinct content per image: a create is allowed for any verified repository holding the
+    // same digest, so identical images would be decided by the warm one's verification.
+    for n in ["warm", "cold", "held", "bypass"] {
+        let (_, digest) = reg.push(n, "v1", Some(n));
+        sign::sign_image(reg.addr(), None, n, &digest, &g.key);
     }
     let front = Front::start(Some(reg.addr()), front::pass).await;
     // containerd and cri-guard both reach the registry through the front (plain HTTP).
@@ -383,6 +394,40 @@ async fn pulls_through_the_proxy_during_registry_faults() {
     g.pull(&name("warm"), "default")
         .await
         .expect("baseline pull");
+    // An image that reached the node without cri-guard, and a pod to create it in.
+    let direct = g.bed.containerd_socket();
+    let bypass_id = guarded::pull_via(&direct, &name("bypass"), "default", None)
+        .await
+        .expect("pull straight from containerd");
+    let pod = support::sandbox_config(&support::unique_name("f"), "default");
+    let mut rt = cri_guard::cri::runtime_client(&g.proxy.path);
+    let sandbox = rt
+        .run_pod_sandbox(cri_guard::cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox (pause image under a skip rule)")
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |image_id: String| cri_guard::cri::CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some({
+            let mut c = support::container_config("c", &image_id, &["sleep", "3600"]);
+            c.image.as_mut().unwrap().user_specified_image = name("bypass");
+            c
+        }),
+        sandbox_config: Some(pod.clone()),
+    };
+    let containers = |socket: std::path::PathBuf| async move {
+        cri_guard::cri::runtime_client(&socket)
+            .list_containers(cri_guard::cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .len()
+    };
 
     front.set(faulty(Fault::Status500, reg.addr()));
     let e = g
@@ -401,6 +446,20 @@ async fn pulls_through_the_proxy_during_registry_faults() {
     g.pull(&name("warm"), "default")
         .await
         .expect("cached decision during 500s");
+    let e = rt
+        .create_container(create(bypass_id.clone()))
+        .await
+        .expect_err("an unverified image was created during 500s");
+    assert!(
+        e.message().starts_with("RegistryUnavailable")
+            || e.message().starts_with("SignatureValidationFailed"),
+        "{e:?}"
+    );
+    assert_eq!(
+        containers(direct.clone()).await,
+        0,
+        "a refused create made a container"
+    );
 
     let gate = Gate::new();
     let gt = gate.clone();
@@ -434,4 +493,9 @@ async fn pulls_through_the_proxy_during_registry_faults() {
         .await
         .expect("recovered: held");
     assert!(g.in_store(&name("cold")).await && g.in_store(&name("held")).await);
+    rt.create_container(create(bypass_id))
+        .await
+        .expect("recovered: create");
+    assert_eq!(containers(direct.clone()).await, 1);
+    support::remove_all_pods(&direct).await;
 }
