@@ -61,12 +61,14 @@ for t in "${TARGETS[@]}"; do
   log=$work/last.log
   # -timeout: one input may take at most 10 s; -rss_limit_mb/-malloc_limit_mb: memory bounds.
   # The fuzzer stops at the first crash and saves the input under artifacts/.
+  rm -rf "$work/tmp" && mkdir -p "$work/tmp"
   set +e
-  CRI_GUARD_FUZZ_TARGET=$t "$BIN" -max_total_time="$SECONDS_EACH" -timeout=10 \
+  TMPDIR=$work/tmp CRI_GUARD_FUZZ_TARGET=$t "$BIN" -max_total_time="$SECONDS_EACH" -timeout=10 \
     -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 \
     -artifact_prefix="$work/artifacts/" "$work/corpus" "$work/seeds" >"$log" 2>&1
   rc=$?
   set -e
+  rm -rf "$work/tmp"
   execs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log" | tail -1 || true)
   cov=$(grep -aoE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
   edges=$(grep -aoE 'Loaded 1 modules +\([0-9]+ inline 8-bit counters\)' "$log" | grep -aoE '[0-9]+ inline' | cut -d' ' -f1 || true)

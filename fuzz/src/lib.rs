@@ -135,21 +135,21 @@ pub fn reference(data: &[u8]) {
     });
     let s = text(data);
     let (image, pattern) = s.split_once('\n').unwrap_or((&s, "*"));
-    if let Ok(p) = Pattern::parse(pattern) {
-        if let Ok(r) = parse(image) {
-            let n = Normal::of(&r);
-            if p.matches(&n) {
-                // A pattern's host part never reaches into the path.
-                let host_pat = pattern.split('/').next().unwrap_or("");
-                assert!(
-                    !pattern.contains('/')
-                        || !host_pat.contains(['.', ':'])
-                        || glob_match(&normal_host(host_pat), &n.host),
-                    "pattern {pattern:?} matched {:?} (host {:?})",
-                    n.whole(),
-                    n.host
-                );
-            }
+    if let Ok(p) = Pattern::parse(pattern)
+        && let Ok(r) = parse(image)
+    {
+        let n = Normal::of(&r);
+        if p.matches(&n) {
+            // A pattern's host part never reaches into the path.
+            let host_pat = pattern.split('/').next().unwrap_or("");
+            assert!(
+                !pattern.contains('/')
+                    || !host_pat.contains(['.', ':'])
+                    || glob_match(&normal_host(host_pat), &n.host),
+                "pattern {pattern:?} matched {:?} (host {:?})",
+                n.whole(),
+                n.host
+            );
         }
     }
     let _ = glob_match(pattern, image);
@@ -215,40 +215,36 @@ fn trust() -> &'static Trust {
                 "testdata/cosign-real/cosign/blob-attestation/cosign-blob-attest.pub",
             ),
         ] {
-            if let Some(pem) = read(rel) {
-                if let Ok(k) = PublicKey::from_pem(name, &pem) {
-                    authorities.push(Authority::Key(k));
-                }
+            if let Some(pem) = read(rel)
+                && let Ok(k) = PublicKey::from_pem(name, &pem)
+            {
+                authorities.push(Authority::Key(k));
             }
         }
-        if let Some(roots) = read("testdata/cosign-real/trust/fulcio_v1.crt.pem") {
-            if let Ok(ca) = CertAuthority::from_pem("fulcio", &roots, None, CertIdentity::default())
-            {
-                authorities.push(Authority::Certificates(ca));
-            }
+        if let Some(roots) = read("testdata/cosign-real/trust/fulcio_v1.crt.pem")
+            && let Ok(ca) = CertAuthority::from_pem("fulcio", &roots, None, CertIdentity::default())
+        {
+            authorities.push(Authority::Certificates(ca));
         }
         if let (Some(roots), Some(inter)) = (
             read("testdata/cosign-real/trust/pki_root_crts.pem"),
             read("testdata/cosign-real/trust/pki_intermediate_crts.pem"),
-        ) {
-            if let Ok(ca) =
-                CertAuthority::from_pem("pki", &roots, Some(&inter), CertIdentity::default())
-            {
-                authorities.push(Authority::Certificates(ca));
-            }
+        ) && let Ok(ca) =
+            CertAuthority::from_pem("pki", &roots, Some(&inter), CertIdentity::default())
+        {
+            authorities.push(Authority::Certificates(ca));
         }
         let rekor = read("testdata/cosign-real/trust/rekor.pub")
             .and_then(|p| RekorKeys::from_pems([p]).ok());
         let mut rekor_conformance = None;
         if let Some(json) =
             read("testdata/sigstore-conformance/trust/public-good-trusted_root.json")
+            && let Ok(root) = TrustedRoot::from_json("conformance", &json)
         {
-            if let Ok(root) = TrustedRoot::from_json("conformance", &json) {
-                if let Ok(ca) = root.cert_authority("public-good", CertIdentity::default()) {
-                    authorities.push(Authority::Certificates(ca));
-                }
-                rekor_conformance = Some(root.rekor_keys().clone());
+            if let Ok(ca) = root.cert_authority("public-good", CertIdentity::default()) {
+                authorities.push(Authority::Certificates(ca));
             }
+            rekor_conformance = Some(root.rekor_keys().clone());
         }
         Trust {
             authorities,
