@@ -97,7 +97,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let io = match socket::Socket::new(io) {
+    let io = match socket::Socket::downstream(io) {
         Ok(s) => s,
         Err(e) => return debug!(error = %e, "cannot set up the downstream socket"),
     };

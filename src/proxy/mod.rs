@@ -5,6 +5,7 @@
 //! stops accepting, removes the socket file, lets in-flight calls finish within the grace period
 //! and drops what is left.
 
+mod authority;
 mod conn;
 pub mod grpc;
 pub mod intercept;

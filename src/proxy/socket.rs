@@ -17,20 +17,33 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+use super::authority::AuthorityFix;
+
 pub(crate) struct Socket {
     read: AsyncFd<StdStream>,
     /// Registered for writability only while a write is blocked.
     write_wait: Option<AsyncFd<StdStream>>,
+    /// On the kubelet side: the `:authority` fix applied to what the client sends.
+    fix: Option<Box<AuthorityFix>>,
 }
 
 impl Socket {
+    /// A socket to the runtime: bytes pass as they are.
     pub(crate) fn new(stream: tokio::net::UnixStream) -> io::Result<Socket> {
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
         Ok(Socket {
             read: register(std, Interest::READABLE)?,
             write_wait: None,
+            fix: None,
         })
+    }
+
+    /// A socket from a client: what it sends goes through [`AuthorityFix`] before h2 reads it.
+    pub(crate) fn downstream(stream: tokio::net::UnixStream) -> io::Result<Socket> {
+        let mut s = Socket::new(stream)?;
+        s.fix = Some(Box::new(AuthorityFix::new()));
+        Ok(s)
     }
 }
 
@@ -50,8 +63,15 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.read.poll_read_ready(cx))?;
+            if let Some(fix) = &mut this.fix {
+                if fix.has_out() {
+                    buf.put_slice(&fix.take_out(buf.remaining()));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut guard = ready!(this.read.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             let len = unfilled.len();
             match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
@@ -62,8 +82,26 @@ impl AsyncRead for Socket {
                     if n > 0 && n < len {
                         guard.clear_ready();
                     }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+                    let Some(fix) = &mut this.fix else {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    };
+                    if n == 0 {
+                        fix.finish();
+                        if fix.has_out() {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    let read = &buf.initialize_unfilled()[..n];
+                    let pass = if fix.busy() { 0 } else { fix.scan(read) };
+                    if pass < n {
+                        fix.push(&read[pass..]);
+                    }
+                    if pass > 0 {
+                        buf.advance(pass);
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Poll::Ready(Err(e)),

@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    /// The request's `:authority`, if it had one.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -121,6 +123,7 @@ async fn answer(
     let path = parts.uri.path().to_string();
     rec.lock().unwrap().push(Recorded {
         path: path.clone(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
