@@ -5,7 +5,7 @@
 # - Python's grpcio (a CRI client on gRPC's C core, for tests/grpcio.rs)
 # - a Rust toolchain (rustup) if cargo is missing
 set -euo pipefail
-pkgs=(containerd runc docker-registry umoci busybox-static socat ca-certificates curl gcc libc6-dev)
+pkgs=(containerd runc docker-registry umoci busybox-static socat python3 python3-pip ca-certificates curl gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

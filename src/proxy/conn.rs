@@ -10,6 +10,7 @@
 //! cri-guard. While the runtime is unreachable, calls fail at once with `Unavailable`.
 
 use std::collections::HashSet;
+use std::future::poll_fn;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,11 +24,12 @@ use h2::server::SendResponse;
 use http::Request;
 use prost::Message;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::grpc::{self, Code, Status};
-use super::intercept::{self, BoxFuture, Call, Guard, Verdict};
+use super::intercept::{self, BoxFuture, Call, Confirm, Guard, Verdict};
 use super::relay::{self, Body};
 use super::socket;
 use crate::cri;
@@ -43,6 +45,8 @@ pub(crate) struct Shared {
     pub guard: Arc<dyn Guard>,
     /// Unknown `runtime.v1` methods already logged (each is logged once).
     pub unknown_seen: Mutex<HashSet<String>>,
+    /// Work that must finish whatever the client does (confirmed pulls); shutdown waits for it.
+    pub detached: TaskTracker,
 }
 
 struct Upstream {
@@ -247,9 +251,67 @@ async fn intercepted(
             relay::forward(head, Body::Buffered(body), respond, send).await
         }
         Verdict::ForwardThen(confirm) => {
-            relay::forward_confirmed(head, bytes, respond, send, confirm).await
+            drop(send);
+            confirmed(head, bytes, respond, confirm, shared).await
         }
         Verdict::Deny(status) => relay::reply(respond, &status),
+    }
+}
+
+/// Forwards an allowed pull whose result must be confirmed. The pull and its confirmation run
+/// in a task of their own, on an upstream connection of their own, tracked by the proxy (so
+/// shutdown waits for them): a client that disconnects or cancels does not stop them, and an
+/// image that fails the confirmation is removed whatever the client does (invariant I1).
+async fn confirmed(
+    head: http::request::Parts,
+    bytes: Bytes,
+    mut respond: SendResponse<Bytes>,
+    confirm: Confirm,
+    shared: Arc<Shared>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let task_shared = shared.clone();
+    shared.detached.spawn(async move {
+        let answer = exchange_to_completion(&task_shared, head, bytes, confirm).await;
+        let _ = tx.send(answer);
+    });
+    let outcome = tokio::select! {
+        a = rx => Some(a),
+        // The client reset the stream: nobody to answer; the task carries on.
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => None,
+    };
+    match outcome {
+        Some(Ok(answer)) => relay::answer(respond, answer),
+        Some(Err(_)) => relay::reply(
+            respond,
+            &Status::new(
+                Code::Internal,
+                "cri-guard: the pull's confirmation stopped before it answered",
+            ),
+        ),
+        None => debug!("client went away during a confirmed pull; it runs to completion"),
+    }
+}
+
+async fn exchange_to_completion(
+    shared: &Shared,
+    head: http::request::Parts,
+    bytes: Bytes,
+    confirm: Confirm,
+) -> relay::Answer {
+    let Upstream { send, mut conn } = match connect(shared).await {
+        Ok(u) => u,
+        Err(status) => return relay::Answer::Status(status),
+    };
+    let exchange = relay::exchange_confirmed(head, bytes, send, confirm, shared.max_message);
+    tokio::pin!(exchange);
+    let mut conn_done = false;
+    loop {
+        tokio::select! {
+            answer = &mut exchange => return answer,
+            // A closed connection fails the exchange, which then answers.
+            _ = &mut conn, if !conn_done => conn_done = true,
+        }
     }
 }
 

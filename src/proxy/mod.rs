@@ -81,6 +81,7 @@ impl Proxy {
                 max_message: cfg.max_intercepted_message,
                 guard,
                 unknown_seen: Mutex::new(HashSet::new()),
+                detached: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -123,14 +124,28 @@ impl Proxy {
         remove_own_socket(&path, ident);
         info!(in_flight_connections = conns.len(), grace = ?grace, "shutting down: no longer accepting");
         let _ = stop_tx.send(true);
-        let drained =
-            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             warn!(
                 connections = conns.len(),
                 "grace period over; dropping calls still in flight"
             );
             conns.abort_all();
+        }
+        // Confirmed pulls outlive their connections; give them the rest of the grace period.
+        shared.detached.close();
+        if tokio::time::timeout_at(deadline, shared.detached.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                pulls = shared.detached.len(),
+                "grace period over; confirmed pulls still running are dropped"
+            );
         }
         info!("stopped");
     }

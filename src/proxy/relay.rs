@@ -215,47 +215,58 @@ pub(crate) async fn read_body(
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Forwards a unary call whose successful response must be confirmed before the kubelet sees it:
-/// the response is read whole (headers, message, trailers), handed to `confirm`, and then either
-/// relayed unchanged or replaced by the status `confirm` returns. Error responses pass through.
-pub(crate) async fn forward_confirmed(
+/// The runtime's answer to a confirmed call, read whole, for the client.
+pub(crate) enum Answer {
+    /// The runtime's response, relayed unchanged: headers, message, trailers.
+    Relay {
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// A trailers-only response (an error status from the runtime), relayed unchanged.
+    TrailersOnly(http::response::Parts),
+    /// cri-guard's own status instead (the confirmation refused, or the runtime failed).
+    Status(Status),
+}
+
+/// Sends a unary call to the runtime and, if it succeeds, runs `confirm` on its response,
+/// independently of the client (the caller runs this in its own task, so that the check, and
+/// the removal of an image that fails it, complete even if the client goes away: I1).
+/// The response is read whole (headers, message, trailers); error responses pass through.
+pub(crate) async fn exchange_confirmed(
     head: http::request::Parts,
     body: Bytes,
-    mut respond: SendResponse<Bytes>,
     upstream: SendRequest<Bytes>,
     confirm: Confirm,
-) {
+    max_response: usize,
+) -> Answer {
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+        Err(e) => return Answer::Status(unavailable("connection failed", &e)),
     };
     let response = match upstream.send_request(Request::from_parts(head, ()), false) {
         Ok((response, mut tx)) => {
             let _ = tx.send_data(body, true);
             response
         }
-        Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+        Err(e) => return Answer::Status(unavailable("refused the call", &e)),
     };
     let resp = match response.await {
         Ok(r) => r,
-        Err(e) => return reply(respond, &unavailable("connection broke", &e)),
+        Err(e) => return Answer::Status(unavailable("connection broke", &e)),
     };
     let (parts, mut rx) = resp.into_parts();
     if rx.is_end_stream() {
         // Trailers-only: an error status. Nothing was stored; pass it on.
-        let _ = respond.send_response(Response::from_parts(parts, ()), true);
-        return;
+        return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, 16 << 20, "PullImage response").await {
+    let data = match read_body(&mut rx, max_response, "PullImage response").await {
         Ok(d) => d,
         Err(_) => {
-            return reply(
-                respond,
-                &Status::new(
-                    Code::Unavailable,
-                    "cri-guard: the runtime's response broke off",
-                ),
-            );
+            return Answer::Status(Status::new(
+                Code::Unavailable,
+                "cri-guard: the runtime's response broke off",
+            ));
         }
     };
     let trailers = rx.trailers().await.ok().flatten();
@@ -277,19 +288,40 @@ pub(crate) async fn forward_confirmed(
             )),
         };
         if let Err(status) = verdict {
-            return reply(respond, &status);
+            return Answer::Status(status);
         }
     }
-    let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
-        return;
-    };
-    let _ = tx.send_data(data, false);
-    match trailers {
-        Some(t) => {
-            let _ = tx.send_trailers(t);
+    Answer::Relay {
+        parts,
+        data,
+        trailers,
+    }
+}
+
+/// Gives the client the answer of [`exchange_confirmed`].
+pub(crate) fn answer(mut respond: SendResponse<Bytes>, answer: Answer) {
+    match answer {
+        Answer::Status(status) => reply(respond, &status),
+        Answer::TrailersOnly(parts) => {
+            let _ = respond.send_response(Response::from_parts(parts, ()), true);
         }
-        None => {
-            let _ = tx.send_data(Bytes::new(), true);
+        Answer::Relay {
+            parts,
+            data,
+            trailers,
+        } => {
+            let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
+                return;
+            };
+            let _ = tx.send_data(data, false);
+            match trailers {
+                Some(t) => {
+                    let _ = tx.send_trailers(t);
+                }
+                None => {
+                    let _ = tx.send_data(Bytes::new(), true);
+                }
+            }
         }
     }
 }
