@@ -6,6 +6,7 @@
 //! and drops what is left.
 
 mod authority;
+mod budget;
 mod conn;
 pub mod grpc;
 pub mod intercept;
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+pub use budget::Stats;
 pub use intercept::{AllowAll, Call, Guard, Verdict};
 
 /// Why the proxy could not start.
@@ -70,6 +72,7 @@ impl Proxy {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
             .map_err(io)?;
         let meta = std::fs::metadata(&path).map_err(io)?;
+        let budget = budget::Budget::new(cfg.max_intercepted_buffer);
         Ok(Proxy {
             listener,
             ident: (meta.dev(), meta.ino()),
@@ -79,11 +82,23 @@ impl Proxy {
                 upstream: cfg.upstream.clone(),
                 connect_timeout: cfg.connect_timeout,
                 max_message: cfg.max_intercepted_message,
+                request_timeout: cfg.intercepted_request_timeout,
+                max_streams: cfg.max_streams_per_connection,
+                budget: budget.clone(),
+                stats: Arc::new(Stats {
+                    budget: Some(budget),
+                    ..Default::default()
+                }),
                 guard,
                 unknown_seen: Mutex::new(HashSet::new()),
                 detached: tokio_util::task::TaskTracker::new(),
             }),
         })
+    }
+
+    /// Counters of the proxy's bounded state (buffered bytes, refusals), live while it runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
     }
 
     /// The socket path the proxy listens on.

@@ -181,21 +181,30 @@ async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Re
     Ok(())
 }
 
-/// Reads a whole request body, refusing more than `max` bytes. `Err(None)`: the client went away.
+/// Why a body was not read whole.
+pub(crate) enum ReadError {
+    /// The client went away (or reset the stream): nobody to answer.
+    Gone,
+    /// Refused, with this status.
+    Refused(Status),
+}
+
+/// Reads a whole body, refusing more than `max` bytes; `admit` is asked before each chunk is
+/// kept (the intercepted-bytes budget) and may refuse it.
 pub(crate) async fn read_body(
     rx: &mut RecvStream,
     max: usize,
     method: &str,
-) -> Result<Bytes, Option<Status>> {
+    mut admit: impl FnMut(usize) -> Result<(), Status>,
+) -> Result<Bytes, ReadError> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = rx.data().await {
-        let chunk = chunk.map_err(|_| None)?;
+        let chunk = chunk.map_err(|_| ReadError::Gone)?;
         total += chunk.len();
-        let _ = rx.flow_control().release_capacity(chunk.len());
         if total > max {
-            return Err(Some(Status::new(
+            return Err(ReadError::Refused(Status::new(
                 Code::ResourceExhausted,
                 format!(
                     "cri-guard: {method} request larger than {max} bytes refused; raise \
@@ -203,9 +212,17 @@ pub(crate) async fn read_body(
                 ),
             )));
         }
+        admit(chunk.len()).map_err(ReadError::Refused)?;
+        let _ = rx.flow_control().release_capacity(chunk.len());
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
             Some(f) => {
+                // Room for the whole message its gRPC header announces (within `max`), so the
+                // buffer does not grow by doubling past what was admitted.
+                let announced = f.get(1..5).map_or(0, |l| {
+                    u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 5
+                });
+                buf.reserve(announced.min(max).max(f.len() + chunk.len()));
                 buf.extend_from_slice(&f);
                 buf.extend_from_slice(&chunk);
             }
@@ -260,7 +277,7 @@ pub(crate) async fn exchange_confirmed(
         // Trailers-only: an error status. Nothing was stored; pass it on.
         return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, max_response, "PullImage response").await {
+    let data = match read_body(&mut rx, max_response, "PullImage response", |_| Ok(())).await {
         Ok(d) => d,
         Err(_) => {
             return Answer::Status(Status::new(
