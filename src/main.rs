@@ -15,6 +15,8 @@ use cri_guard::verify::Verifier;
 use cri_guard::verify::policy::Policy;
 
 const EX_CONFIG: u8 = 64;
+/// When the sandbox-image report starts, after ready.
+const SANDBOX_REPORT_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -109,7 +111,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
             "cri-guard ready"
         );
         if let (Some(v), Some(path)) = (verifier, cfg.policy.clone()) {
-            tokio::spawn(report_sandbox_image(v.clone()));
+            // Not needed to answer a call: it must not compete with the first calls after ready
+            // (it made them wait 5-90 ms, benches/startup.rs), so it starts after the start burst.
+            let report = v.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SANDBOX_REPORT_DELAY).await;
+                report_sandbox_image(report).await
+            });
             tokio::spawn(reload_on_sighup(v, path));
         }
         proxy.run(shutdown_signal()).await;
@@ -130,7 +138,9 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// SIGHUP: load the policy again; a bad file keeps the old policy (and says why).
+/// SIGHUP: load the policy again; a bad file keeps the old policy (and says why). Reading and
+/// compiling the policy (files, regexes, trust roots) runs on a blocking thread, not on the
+/// thread that relays calls.
 async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -138,18 +148,27 @@ async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
         return;
     };
     while hup.recv().await.is_some() {
-        match Policy::load(&path) {
-            Ok(p) => {
-                let generation = p.generation;
-                match verifier.reload(p) {
-                    Ok(()) => {
-                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped")
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "policy reload failed; keeping the old policy")
-                    }
+        let (v, p) = (verifier.clone(), path.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            Policy::load(&p).map(|policy| {
+                let generation = policy.generation;
+                (generation, v.reload(policy))
+            })
+        })
+        .await;
+        let Ok(loaded) = loaded else {
+            tracing::error!("policy reload failed (its thread stopped); keeping the old policy");
+            continue;
+        };
+        match loaded {
+            Ok((generation, reloaded)) => match reloaded {
+                Ok(()) => {
+                    tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped")
                 }
-            }
+                Err(e) => {
+                    tracing::error!(error = %e, "policy reload failed; keeping the old policy")
+                }
+            },
             Err(e) => {
                 tracing::error!(problems = ?e.problems, "policy reload refused; keeping the old policy")
             }
