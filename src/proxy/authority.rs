@@ -218,6 +218,19 @@ impl AuthorityFix {
                 let Some((fragment, priority)) = headers_fragment(payload, flags) else {
                     return Collected::GiveUp;
                 };
+                if flags & END_HEADERS != 0 {
+                    // The usual case: the whole block in one frame, walked where it is.
+                    let fixed = fix_block(fragment).map(|(new_block, n)| {
+                        (
+                            encode_frames(&new_block, flags & END_STREAM, stream, priority),
+                            n,
+                        )
+                    });
+                    return Collected::Block {
+                        frames_len: FRAME_HEADER + len,
+                        fixed,
+                    };
+                }
                 first = Some((flags, stream, priority));
                 fragment
             } else {
