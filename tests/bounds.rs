@@ -137,7 +137,7 @@ async fn open_streams_stay_within_the_buffer_budget() {
         .filter(|(c, m)| c == "4" && m.contains("`intercepted_request_timeout`"))
         .count();
     assert_eq!(over_budget + too_slow, streams, "{codes:?}");
-    assert!(too_slow >= 1 && too_slow <= 4, "{codes:?}");
+    assert!((1..=4).contains(&too_slow), "{codes:?}");
     let grown_mib = (peak.saturating_sub(rss_before)) as f64 / 1024.0;
     eprintln!(
         "cri-guard RSS {rss_before} KiB before, peak {peak} KiB; codes: {over_budget} over budget, {too_slow} too slow"

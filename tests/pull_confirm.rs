@@ -194,7 +194,7 @@ async fn unsigned_left_in_store(leave: Leave) -> bool {
         .body(())
         .unwrap();
     let (response, mut tx) = send.send_request(req, false).unwrap();
-    tx.send_data(Bytes::from(body), true).unwrap();
+    tx.send_data(body, true).unwrap();
 
     // containerd has pulled d2 and cri-guard is checking it: the gate holds its fetch.
     tokio::time::timeout(Duration::from_secs(60), gate.held.notified())
