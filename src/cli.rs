@@ -29,6 +29,23 @@ pub enum Command {
     },
     /// Decide on images as the proxy would, without a runtime; exits 1 if any is denied.
     Verify(VerifyArgs),
+    /// For the installer: print FILE with the kubelet's runtime and image endpoints set to
+    /// ENDPOINT (what changed goes to stderr); exits 65 and prints nothing if FILE can't be
+    /// edited safely.
+    #[command(hide = true)]
+    KubeletEndpoint(KubeletEndpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KubeletEndpointArgs {
+    /// The endpoint to set, e.g. unix:///run/cri-guard/cri-guard.sock.
+    #[arg(long)]
+    pub endpoint: String,
+    /// FILE holds kubelet flags (kubeadm-flags.env), not a KubeletConfiguration.
+    #[arg(long)]
+    pub flags: bool,
+    /// The kubelet configuration (or flags) file.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@
 //! intercepted_request_timeout = "10s"          # time for such a body to arrive whole
 //! max_streams_per_connection = 1000            # calls in flight on one client connection
 //! policy = "/etc/cri-guard/policy.toml"        # image policy; without one, everything is allowed
+//! policy_watch = true                          # reload the policy when its file changes (SIGHUP always does)
 //!
 //! [log]
 //! format = "text"                              # text | json
@@ -56,6 +57,8 @@ pub struct Config {
     pub max_streams_per_connection: u32,
     /// The image policy file; `None` runs the proxy without verification (logged loudly).
     pub policy: Option<PathBuf>,
+    /// Reload the policy when its file changes (SIGHUP reloads it either way).
+    pub policy_watch: bool,
     /// Log output.
     pub log: LogConfig,
 }
@@ -92,6 +95,7 @@ impl Default for Config {
             intercepted_request_timeout: Duration::from_secs(10),
             max_streams_per_connection: 1000,
             policy: None,
+            policy_watch: true,
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -205,6 +209,7 @@ const TOP_KEYS: &[&str] = &[
     "intercepted_request_timeout",
     "max_streams_per_connection",
     "policy",
+    "policy_watch",
     "log",
 ];
 const LOG_KEYS: &[&str] = &["format", "level"];
@@ -330,6 +335,16 @@ impl Validator {
                 Ok(Some(PathBuf::from(s)))
             }
         });
+        let policy_watch = self.parsed(
+            "policy_watch",
+            t.get("policy_watch").cloned().map(Raw::File),
+            d.policy_watch,
+            |s| match s {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("true or false"),
+            },
+        );
         let format = self.parsed(
             "log.format",
             pick(log, "format", &o.log_format),
@@ -363,6 +378,7 @@ impl Validator {
             intercepted_request_timeout,
             max_streams_per_connection,
             policy,
+            policy_watch,
             log: LogConfig { format, level },
         }
     }
@@ -434,6 +450,7 @@ impl Raw {
             Raw::Flag(s) => Ok(s.clone()),
             Raw::File(toml::Value::String(s)) => Ok(s.clone()),
             Raw::File(toml::Value::Integer(i)) => Ok(i.to_string()),
+            Raw::File(toml::Value::Boolean(b)) => Ok(b.to_string()),
             Raw::File(other) => Err(other.type_str()),
         }
     }
@@ -611,6 +628,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::parse("f", "workers = 1", &o).unwrap().workers, 3);
+    }
+
+    /// `policy_watch` is a boolean (TOML `true`/`false`, or the same words as strings).
+    #[test]
+    fn policy_watch_is_a_boolean() {
+        assert!(parse("").unwrap().policy_watch);
+        assert!(!parse("policy_watch = false").unwrap().policy_watch);
+        let e = parse("policy_watch = \"sometimes\"").unwrap_err();
+        assert!(e.problems[0].contains("`policy_watch`"), "{e}");
     }
 
     /// Durations and sizes parse their documented forms and refuse others.

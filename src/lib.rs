@@ -6,22 +6,35 @@
 //! ```text
 //! main.rs ── cli ── config (TOML, every problem reported at once)
 //!              │
+//!              ├─ reload::load ── policy at start; reload::Reloader: SIGHUP + inotify on the
+//!              │                  policy file → Verifier::reload (new generation), refusals
+//!              │                  keep the old policy; PolicyStatus for metrics
+//!              ├─ notify ── sd_notify: READY=1 once bound with the policy loaded, WATCHDOG=1
+//!              │            from a task on the proxy's event loop, STATUS=, STOPPING=1
+//!              ├─ kubelet ── the installer's kubelet endpoint edit (hidden `kubelet-endpoint`)
+//!              │
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
 //!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
 //!                          │            client (runtime side), all calls in one task
 //!                          ├─ route by gRPC path:
-//!                          │    /runtime.v1.*  except the two below → relay (bytes untouched)
-//!                          │    PullImage, CreateContainer          → intercept → Guard → relay
+//!                          │    /runtime.v1.*  except the three below → relay (bytes untouched)
+//!                          │    PullImage, CreateContainer,
+//!                          │    RunPodSandbox                         → intercept → Guard → relay
 //!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
 //!                          ├─ proxy::relay     frames, trailers, resets, flow control
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
-//!                          └─ proxy::grpc      unary framing, trailers-only status replies
-//!                          Guard = verify::Verifier:
+//!                          └─ proxy::grpc      unary framing, trailers-only status replies,
+//!                                              bounded and escaped messages and log fields
+//!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
+//!                            ImageStatus, sandbox image), creates pinned to the checked image id
+//!                            verify::reference image references read as containerd reads them;
+//!                                             the normalized form rules match
 //!                            verify::policy   rules (imageReferences, namespaces, mode, attestors,
-//!                                             count, attestations + conditions)
-//!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
-//!                                             negative TTL, tag resolutions, single flight
+//!                                             count, attestations + conditions), [sandbox], bounds
+//!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule;
+//!                                             denials also by credential fingerprint), negative TTL,
+//!                                             tag resolutions, single flight
 //!                            verify::attestations  a rule's required attestations from `.att`
 //!                            verify::cosign   offline checks, no network:
 //!                              mod.rs         one `.sig` layer against one Authority (key or CA)
@@ -31,7 +44,8 @@
 //!                              rekor          SET of a Rekor entry, entry bound to the signature
 //!                              attest         DSSE envelopes, in-toto statements, sigstore
 //!                                             bundles (inclusion proof, checkpoint), conditions
-//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
+//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml;
+//!                                             credentials only to their host; per-verification Budget
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!
@@ -41,13 +55,18 @@
 //! the connection's upstream HTTP/2 connection with the same headers and data frames; the
 //! response's headers, data and trailers come back the same way. An intercepted call is read
 //! whole (bounded), decoded with prost, handed to the [`proxy::Guard`], and then either its
-//! original bytes are forwarded or a status is returned and nothing reaches the runtime.
+//! original bytes are forwarded (a CreateContainer with the checked image id appended) or a
+//! status is returned and nothing reaches the runtime. Who controls which input, and where
+//! each is bounded: docs/threat-model.md.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod cri;
+pub mod kubelet;
+pub mod notify;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod verify;

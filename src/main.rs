@@ -4,13 +4,16 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use cri_guard::cli::{Cli, Command, ServeArgs, VerifyArgs};
+use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
+use cri_guard::notify::{self, Notifier};
+use cri_guard::proxy::grpc::Text;
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
 use cri_guard::registry::Auth;
+use cri_guard::reload::{self, PolicyStatus, Reloader};
 use cri_guard::verify::Verifier;
 use cri_guard::verify::policy::Policy;
 
@@ -24,6 +27,44 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, policy } => check_config(file, policy),
         Command::Serve(args) => serve(&args),
         Command::Verify(args) => verify(&args),
+        Command::KubeletEndpoint(args) => kubelet_endpoint(&args),
+    }
+}
+
+/// The installer's kubelet edit (see `cri_guard::kubelet`): the new text on stdout, each change
+/// on stderr; 65 (EX_DATAERR) when the file can't be read or edited safely.
+fn kubelet_endpoint(args: &KubeletEndpointArgs) -> ExitCode {
+    use cri_guard::kubelet::{Format, set_endpoint};
+    const EX_DATAERR: u8 = 65;
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cri-guard: {}: cannot read: {e}", args.file.display());
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    let format = if args.flags {
+        Format::Flags
+    } else {
+        Format::Config
+    };
+    match set_endpoint(&text, format, &args.endpoint) {
+        Ok(edit) => {
+            for (key, before) in &edit.changed {
+                eprintln!(
+                    "{}: {key}: {} -> {}",
+                    args.file.display(),
+                    before.as_deref().unwrap_or("(not set)"),
+                    args.endpoint
+                );
+            }
+            print!("{}", edit.text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cri-guard: {}: {e}", args.file.display());
+            ExitCode::from(EX_DATAERR)
+        }
     }
 }
 
@@ -66,7 +107,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let policy = match cfg.policy.as_deref().map(Policy::load).transpose() {
+    let loaded = match cfg.policy.as_deref().map(reload::load).transpose() {
         Ok(p) => p,
         Err(e) => {
             eprint!("{e}");
@@ -82,20 +123,33 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let (guard, verifier): (Arc<dyn Guard>, Option<Verifier>) = match policy {
+        let notifier = Arc::new(Notifier::from_env());
+        let (guard, reloader): (Arc<dyn Guard>, Option<(Verifier, Reloader)>) = match loaded {
             None => {
                 tracing::warn!(
                     "no `policy` configured: every image is allowed (transparent proxy)"
                 );
                 (Arc::new(AllowAll), None)
             }
-            Some(p) => match Verifier::new(p, Some(cfg.upstream.clone())) {
-                Ok(v) => (Arc::new(v.clone()), Some(v)),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
+            Some(loaded) => {
+                let generation = loaded.policy.generation;
+                match Verifier::new(loaded.policy, Some(cfg.upstream.clone())) {
+                    Ok(v) => {
+                        let reloader = Reloader::new(
+                            cfg.policy.clone().unwrap_or_default(),
+                            loaded.fingerprint,
+                            apply_to(v.clone()),
+                            Arc::new(PolicyStatus::new(generation)),
+                            notifier.clone(),
+                        );
+                        (Arc::new(v.clone()), Some((v, reloader)))
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        return ExitCode::FAILURE;
+                    }
                 }
-            },
+            }
         };
         let proxy = match Proxy::bind(&cfg, guard) {
             Ok(p) => p,
@@ -104,25 +158,81 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The socket accepts and the policy is in force: tell the service manager (Type=notify),
+        // which only then starts what is ordered after us (the kubelet).
+        let policy_text = cfg
+            .policy
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        notifier.ready(&format!(
+            "serving on {}; policy {}",
+            cfg.listen.display(),
+            if policy_text.is_empty() {
+                "none (every image allowed)"
+            } else {
+                &policy_text
+            }
+        ));
         tracing::info!(
             listen = %cfg.listen.display(),
             upstream = %cfg.upstream.display(),
-            policy = %cfg.policy.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            policy = %policy_text,
             "cri-guard ready"
         );
-        if let (Some(v), Some(path)) = (verifier, cfg.policy.clone()) {
-            // Not needed to answer a call: it must not compete with the first calls after ready
-            // (it made them wait 5-90 ms, benches/startup.rs), so it starts after the start burst.
-            let report = v.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(SANDBOX_REPORT_DELAY).await;
-                report_sandbox_image(report).await
-            });
-            tokio::spawn(reload_on_sighup(v, path));
+        if let Some(interval) = notify::watchdog_interval_from_env().filter(|_| notifier.enabled())
+        {
+            tracing::info!(interval = ?interval, "sending watchdog pings");
+            tokio::spawn(notify::watchdog(notifier.clone(), interval));
         }
-        proxy.run(shutdown_signal()).await;
+        match reloader {
+            Some((v, reloader)) => {
+                // Not needed to answer a call: it must not compete with the first calls after
+                // ready (it made them wait 5-90 ms, benches/startup.rs), so it starts after the
+                // start burst.
+                tokio::spawn(async move {
+                    tokio::time::sleep(SANDBOX_REPORT_DELAY).await;
+                    report_sandbox_image(v).await
+                });
+                tokio::spawn(reloader.run(cfg.policy_watch));
+            }
+            None => {
+                tokio::spawn(sighup_without_policy());
+            }
+        }
+        proxy.run(shutdown_signal(notifier)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// How a reloaded policy is put in force: a new verifier state (new generation, empty cache),
+/// then the sandbox image is checked against it again.
+fn apply_to(verifier: Verifier) -> reload::Apply {
+    let report: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+    Arc::new(move |policy: Policy| {
+        verifier.reload(policy).map_err(|e| e.to_string())?;
+        let task = tokio::spawn(report_sandbox_image(verifier.clone())).abort_handle();
+        if let Some(previous) = report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            previous.abort();
+        }
+        Ok(())
+    })
+}
+
+/// Without a policy there is nothing to reload, but SIGHUP must not end the process (its
+/// default action): `systemctl reload` would take the node's runtime endpoint down.
+async fn sighup_without_policy() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::warn!("SIGHUP: no `policy` configured, nothing to reload");
+    }
 }
 
 fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -138,60 +248,30 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// SIGHUP: load the policy again; a bad file keeps the old policy (and says why). Reading and
-/// compiling the policy (files, regexes, trust roots) runs on a blocking thread, not on the
-/// thread that relays calls.
-async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; policy reload disabled");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let (v, p) = (verifier.clone(), path.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            Policy::load(&p).map(|policy| {
-                let generation = policy.generation;
-                (generation, v.reload(policy))
-            })
-        })
-        .await;
-        let Ok(loaded) = loaded else {
-            tracing::error!("policy reload failed (its thread stopped); keeping the old policy");
-            continue;
-        };
-        match loaded {
-            Ok((generation, reloaded)) => match reloaded {
-                Ok(()) => {
-                    tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "policy reload failed; keeping the old policy")
-                }
-            },
-            Err(e) => {
-                tracing::error!(problems = ?e.problems, "policy reload refused; keeping the old policy")
-            }
-        }
-    }
-}
-
 /// The runtime pulls its sandbox (pause) image itself, not through PullImage: say at start and
-/// after each reload whether the policy would allow it, so an operator sees a missing `skip` rule.
+/// after each reload whether the policy allows it (RunPodSandbox is refused while it does not,
+/// under `[sandbox] mode = "enforce"`), so an operator sees a missing rule before pods fail.
 async fn report_sandbox_image(verifier: Verifier) {
     // The runtime may still be starting; try for a while.
     for _ in 0..30 {
         if let Some(d) = verifier.check_sandbox_image().await {
             if d.allowed {
-                tracing::info!(image = %d.image, rule = %d.rule, reason = %d.reason(), "sandbox image passes the policy");
+                tracing::info!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
+                    "sandbox image passes the policy");
             } else {
-                tracing::warn!(image = %d.image, rule = %d.rule, reason = %d.reason(),
-                    "the runtime's sandbox image does NOT pass the policy; add a rule for it (e.g. mode = \"skip\")");
+                tracing::warn!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
+                    "the runtime's sandbox image does NOT pass the policy: RunPodSandbox is refused \
+                     until it does ([sandbox] mode = \"enforce\"); add a rule for it (e.g. mode = \"skip\") or sign it");
             }
             return;
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
+    tracing::warn!(
+        "cannot tell which sandbox image the runtime uses (containerd 2.x reports it only once \
+         pulled): RunPodSandbox is refused under [sandbox] mode = \"enforce\" until it can; set \
+         `[sandbox] image` in the policy to the runtime's sandbox image"
+    );
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
@@ -234,21 +314,22 @@ fn verify(args: &VerifyArgs) -> ExitCode {
                 .map(|x| format!(" ({x})"))
                 .unwrap_or_default();
             println!(
-                "{verdict} {image}{digest} rule={} mode={}: {}",
+                "{verdict} {}{digest} rule={} mode={}: {}",
+                Text(image),
                 d.rule,
                 d.mode.as_str(),
-                d.reason()
+                Text(&d.reason())
             );
             for f in d.attestations() {
                 println!(
                     "  attestation {}: {} ({})",
-                    f.predicate_type,
+                    Text(&f.predicate_type),
                     if f.accepted {
                         "accepted"
                     } else {
                         "not counted"
                     },
-                    f.detail
+                    Text(&f.detail)
                 );
             }
             if !d.allowed {
@@ -275,8 +356,8 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
+async fn shutdown_signal(notifier: Arc<Notifier>) {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -287,6 +368,7 @@ async fn shutdown_signal() {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
+            notifier.stopping();
         }
         _ => {
             tracing::error!("cannot install signal handlers; stop cri-guard with SIGKILL");

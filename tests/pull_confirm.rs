@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cri_guard::cri;
 use cri_guard::verify::Verifier;
 use cri_guard::verify::policy::Policy;

@@ -42,12 +42,13 @@ pub(super) async fn verify(
     let repo = rule.signatures_repository.as_ref().unwrap_or(reference);
     let tag = attachment_tag(digest, "att");
     let max = state.policy.fetch.max_attestation_size;
+    let auth = state.auth_for_repo(repo, reference, auth);
     let Attached {
         place,
         found,
         layers,
         skipped,
-    } = fetch_attached(state, repo, &tag, DSSE_MEDIA_TYPE, max, auth).await?;
+    } = fetch_attached(state, repo, &tag, DSSE_MEDIA_TYPE, max, &auth).await?;
 
     let checked: Vec<Checked> = layers
         .iter()
