@@ -93,7 +93,7 @@ pub(crate) async fn forward(
                 let (parts, rx) = resp.into_parts();
                 let eos = rx.is_end_stream();
                 match respond.send_response(Response::from_parts(parts, ()), eos) {
-                    Ok(tx) if !eos => pipe(rx, tx).await,
+                    Ok(tx) if !eos => pipe(rx, tx, true).await,
                     _ => {}
                 }
             }
@@ -109,7 +109,7 @@ pub(crate) async fn forward(
         Some((rx, tx)) => {
             // The call ends when the response ends; a request still streaming then is dropped.
             let request_side = async move {
-                pipe(rx, tx).await;
+                pipe(rx, tx, false).await;
                 std::future::pending::<()>().await
             };
             tokio::select! {
@@ -121,8 +121,10 @@ pub(crate) async fn forward(
 }
 
 /// Relays one direction of a stream: data with backpressure, then trailers or end of stream.
-/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL).
-async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
+/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL). On the
+/// response side (`response`), a runtime connection that breaks mid-response ends the client's
+/// call with status Unavailable (trailers), so it is never mistaken for a complete answer.
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>, response: bool) {
     loop {
         let next = tokio::select! {
             biased;
@@ -141,7 +143,7 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
                     return;
                 }
             }
-            Some(Err(e)) => return tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+            Some(Err(e)) => return fail(tx, &e, response),
             None => break,
         }
     }
@@ -152,7 +154,26 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
         Ok(None) => {
             let _ = tx.send_data(Bytes::new(), true);
         }
-        Err(e) => tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+        Err(e) => fail(tx, &e, response),
+    }
+}
+
+/// Ends `tx` after its source failed: a reset the runtime (or client) sent is passed on as is;
+/// a broken runtime connection ends a response with status Unavailable.
+fn fail(mut tx: SendStream<Bytes>, e: &h2::Error, response: bool) {
+    match e.reason() {
+        Some(reason) if e.is_remote() || !response => tx.send_reset(reason),
+        _ if response => {
+            let status = unavailable("connection broke during the response", e);
+            let mut trailers = http::HeaderMap::new();
+            for (k, v) in status.to_response().headers() {
+                if k != "content-type" {
+                    trailers.insert(k, v.clone());
+                }
+            }
+            let _ = tx.send_trailers(trailers);
+        }
+        _ => tx.send_reset(Reason::CANCEL),
     }
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod gate;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
