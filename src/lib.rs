@@ -16,7 +16,12 @@
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
 //!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
-//!                          │            client (runtime side), all calls in one task
+//!                          │            client (runtime side), all calls in one task;
+//!                          │            streams per connection advertised and enforced
+//!                          ├─ proxy::socket    unix sockets watched for reading only; the
+//!                          │                   kubelet side read through proxy::authority
+//!                          │                   (a client's `:authority` h2 would refuse, e.g.
+//!                          │                   grpcio's socket path, rewritten same-length)
 //!                          ├─ route by gRPC path:
 //!                          │    /runtime.v1.*  except the three below → relay (bytes untouched)
 //!                          │    PullImage, CreateContainer,
@@ -24,6 +29,10 @@
 //!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
 //!                          ├─ proxy::relay     frames, trailers, resets, flow control
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
+//!                          ├─ proxy::budget    one budget for buffered intercepted bytes (all
+//!                          │                   connections), Stats counters; a deadline to
+//!                          │                   arrive; confirmed pulls run in tracked tasks
+//!                          │                   that finish whatever the client does
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies,
 //!                                              bounded and escaped messages and log fields
 //!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
