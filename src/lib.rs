@@ -29,8 +29,10 @@
 //!                              x509           certificate chains at a time, identity, issuer
 //!                              trusted_root   sigstore trusted_root.json → CAs + Rekor keys
 //!                              rekor          SET of a Rekor entry, entry bound to the signature
-//!                              attest         DSSE envelopes, in-toto statements, sigstore
-//!                                             bundles (inclusion proof, checkpoint), conditions
+//!                              attest         DSSE envelopes, in-toto statements, `.att`
+//!                                             layers, conditions
+//!                              bundle         Sigstore bundles (sigstore-verify + our gaps)
+//!                              transparency   an attestor's logs, TSAs, CT logs for bundles
 //!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```

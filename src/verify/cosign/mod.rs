@@ -31,9 +31,11 @@
 //! (serde_json, never re-serialized): type, digest, docker-reference.
 
 pub mod attest;
+pub mod bundle;
 mod identity;
 mod keys;
 mod rekor;
+pub mod transparency;
 mod trusted_root;
 mod x509;
 
@@ -46,6 +48,7 @@ use serde::de::IgnoredAny;
 pub use identity::IdentityMatch;
 pub use keys::{KeyError, PublicKey};
 pub use rekor::RekorKeys;
+pub use transparency::{RootBuilder, Transparency};
 pub use trusted_root::TrustedRoot;
 pub use x509::{
     CertAuthority, CertIdentity, LeafSummary, MAX_CHAIN_CERTIFICATES, Matcher,

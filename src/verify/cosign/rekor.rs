@@ -87,9 +87,9 @@ impl RekorKeys {
         self.by_log_id.keys().map(String::as_str)
     }
 
-    /// The key of the log with this logID (lowercase hex), e.g. to check its checkpoints.
-    pub(crate) fn key(&self, log_id: &str) -> Option<&PublicKey> {
-        self.by_log_id.get(log_id)
+    /// The loaded keys (e.g. to hand them to a Sigstore bundle verifier).
+    pub fn keys(&self) -> impl Iterator<Item = &PublicKey> {
+        self.by_log_id.values()
     }
 
     /// How many keys are loaded.
@@ -199,28 +199,6 @@ pub(crate) fn verify_set(raw: &str, rekor: &RekorKeys) -> Result<Entry, Failure>
     let bundle: Bundle = serde_json::from_str(raw)
         .map_err(|e| malformed(format!("not a Rekor bundle: {}", shown(&e.to_string()))))?;
     verify_set_parts(&bundle.payload, &bundle.set, rekor)
-}
-
-/// Verifies a SET: the signature `set_b64`, by the Rekor key whose logID (lowercase hex) is
-/// `log_id`, over the canonical JSON of `{body, integratedTime, logID, logIndex}`. `body_b64`
-/// is the entry body as the log returned it (base64). This is the whole SET check for both
-/// the legacy bundle annotation and a sigstore bundle's `inclusionPromise` (whose logID is the
-/// hex of `logId.keyId`).
-pub(crate) fn verify_set_fields(
-    body_b64: &str,
-    integrated_time: i64,
-    log_index: i64,
-    log_id: &str,
-    set_b64: &str,
-    rekor: &RekorKeys,
-) -> Result<Entry, Failure> {
-    let payload = BundlePayload {
-        body: body_b64.to_owned(),
-        integrated_time,
-        log_index,
-        log_id: log_id.to_owned(),
-    };
-    verify_set_parts(&payload, set_b64, rekor)
 }
 
 fn verify_set_parts(p: &BundlePayload, set_b64: &str, rekor: &RekorKeys) -> Result<Entry, Failure> {

@@ -3,25 +3,24 @@
 //! what the operator trusts, no TUF update or signature check happens here (fetch and verify
 //! it with TUF elsewhere, e.g. `cosign trusted-root create` or sigstore's TUF client).
 //!
-//! Used:
-//! - `certificateAuthorities[].certChain.certificates[].rawBytes` (base64 DER): self-signed
-//!   ones (the root each chain ends with) become anchors, the others intermediates, all merged
-//!   into one [`CertAuthority`]; a CA's `validFor` restricts when its root may vouch for a
-//!   signature (checked against the signing time, as sigstore-go does);
-//! - `tlogs[].publicKey.rawBytes` (DER SubjectPublicKeyInfo) become [`RekorKeys`]; each
-//!   `logId.keyId` must be the SHA-256 of that key, which is how bundles name their log.
+//! The file is parsed once, by sigstore's own parser (`sigstore-trust-root`, the one the
+//! Sigstore bundle verifier uses: one reader of the format), and then read two ways:
+//! - for tag-based signatures and attestations (`.sig`, `.att`):
+//!   `certificateAuthorities[].certChain` certificates, self-signed ones (the root each chain
+//!   ends with) as anchors, the others intermediates, all merged into one [`CertAuthority`]; a
+//!   CA's `validFor` restricts when its root may vouch for a signature (checked against the
+//!   signing time, as sigstore-go does); `tlogs[].publicKey` (DER SubjectPublicKeyInfo) as
+//!   [`RekorKeys`], indexed by the SHA-256 of the key, which is how Rekor v1 (and so a legacy
+//!   Rekor bundle) names its log (a Rekor v2 log's `logId` is its checkpoint key ID instead);
+//! - for Sigstore bundles: the whole file ([`TrustedRoot::sigstore`]): also the tlogs'
+//!   `validFor`, the CT logs (SCTs of Fulcio certificates) and the RFC 3161 timestamp
+//!   authorities.
 //!
-//! Ignored: `ctlogs` (SCTs embedded in Fulcio certificates are not checked),
-//! `timestampAuthorities` (RFC 3161 timestamps are not read), the tlogs' `validFor` windows and
-//! `hashAlgorithm`/`keyDetails` (the key's own algorithm decides), `baseUrl`/`uri` (names for
-//! messages only).
-
-use base64::Engine as _;
-use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+//! `hashAlgorithm`/`keyDetails` are informative (the key's own algorithm decides);
+//! `baseUrl`/`uri` name things in messages.
 
 use super::keys::PublicKey;
-use super::rekor::{RekorKeys, hex};
+use super::rekor::RekorKeys;
 use super::x509::{CertAuthority, CertIdentity, split_anchors};
 
 /// Media types of the trusted root format this reads (protobuf-specs `TrustedRoot`).
@@ -41,118 +40,69 @@ struct Authority {
     valid_for: Option<(i64, Option<i64>)>,
 }
 
-/// The trust material of a sigstore `trusted_root.json`: certificate authorities (Fulcio) and
-/// Rekor log keys.
+/// The trust material of a sigstore `trusted_root.json`: certificate authorities (Fulcio),
+/// Rekor log keys, and the whole file as sigstore reads it (for Sigstore bundles: also its
+/// CT logs and timestamp authorities).
 #[derive(Debug, Clone)]
 pub struct TrustedRoot {
     authorities: Vec<Authority>,
     rekor: RekorKeys,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Json {
-    media_type: Option<String>,
-    #[serde(default)]
-    tlogs: Vec<Tlog>,
-    #[serde(default)]
-    certificate_authorities: Vec<Ca>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Tlog {
-    base_url: Option<String>,
-    public_key: Option<Key>,
-    log_id: Option<LogId>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Key {
-    raw_bytes: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogId {
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Ca {
-    uri: Option<String>,
-    cert_chain: Option<CertChain>,
-    valid_for: Option<ValidFor>,
-}
-
-#[derive(Deserialize)]
-struct CertChain {
-    #[serde(default)]
-    certificates: Vec<RawBytes>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawBytes {
-    raw_bytes: String,
-}
-
-#[derive(Deserialize)]
-struct ValidFor {
-    start: Option<String>,
-    end: Option<String>,
+    sigstore: sigstore_trust_root::TrustedRoot,
 }
 
 impl TrustedRoot {
-    /// Parses a trusted root. `name` (e.g. the file name) prefixes every message. Every
-    /// certificate must parse and each CA must include a self-signed root; every tlog key
-    /// must load and match its `logId.keyId`.
+    /// Parses a trusted root with sigstore's parser (`sigstore-trust-root`, the one the
+    /// bundle verifier uses), then checks what cri-guard relies on. `name` (e.g. the file
+    /// name) prefixes every message. Every certificate must parse and each CA must include a
+    /// self-signed root; every tlog key must load.
     pub fn from_json(name: &str, json: &[u8]) -> Result<TrustedRoot, String> {
-        let doc: Json = serde_json::from_slice(json)
-            .map_err(|e| format!("{name}: not a sigstore trusted root: {e}"))?;
-        match doc.media_type.as_deref() {
-            Some(t) if MEDIA_TYPES.contains(&t) => {}
-            Some(t) => {
+        let text = std::str::from_utf8(json)
+            .map_err(|_| format!("{name}: not a sigstore trusted root: not UTF-8"))?;
+        let media_type = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("mediaType").map(|m| m.as_str().map(str::to_owned)));
+        match media_type {
+            Some(Some(t)) if MEDIA_TYPES.contains(&t.as_str()) => {}
+            Some(Some(t)) => {
                 return Err(format!(
                     "{name}: mediaType {t:?} is not a sigstore trusted root ({} expected)",
                     MEDIA_TYPES[0]
                 ));
             }
-            None => {
+            Some(None) | None if serde_json::from_str::<serde_json::Value>(text).is_ok() => {
                 return Err(format!(
                     "{name}: no mediaType; not a sigstore trusted root ({} expected)",
                     MEDIA_TYPES[0]
                 ));
             }
+            _ => {}
         }
+        let doc = sigstore_trust_root::TrustedRoot::from_json(text)
+            .map_err(|e| format!("{name}: not a sigstore trusted root: {e}"))?;
 
         let mut authorities = Vec::new();
         for (i, ca) in doc.certificate_authorities.iter().enumerate() {
             let at = format!(
                 "{name}: certificateAuthorities[{i}]{}",
-                ca.uri
-                    .as_deref()
-                    .map(|u| format!(" ({u})"))
-                    .unwrap_or_default()
+                if ca.uri.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", ca.uri)
+                }
             );
-            let chain = ca
-                .cert_chain
-                .as_ref()
-                .filter(|c| !c.certificates.is_empty())
-                .ok_or_else(|| format!("{at}: no certChain.certificates"))?;
-            let mut ders = Vec::new();
-            for (j, c) in chain.certificates.iter().enumerate() {
-                ders.push(decode(&c.raw_bytes).ok_or_else(|| {
-                    format!("{at}: certChain.certificates[{j}].rawBytes is not base64")
-                })?);
+            if ca.cert_chain.certificates.is_empty() {
+                return Err(format!("{at}: no certChain.certificates"));
             }
+            let ders = ca
+                .cert_chain
+                .certificates
+                .iter()
+                .map(|c| c.raw_bytes.as_bytes().to_vec())
+                .collect();
             let (roots, intermediates) = split_anchors(&format!("{at}: certChain"), ders)?;
-            let valid_for = match &ca.valid_for {
-                None => None,
-                Some(v) => Some(window(v).map_err(|e| format!("{at}: validFor: {e}"))?),
-            };
+            let valid_for = ca
+                .valid_for
+                .map(|w| (w.start.as_second(), w.end.map(|e| e.as_second())));
             authorities.push(Authority {
                 roots,
                 intermediates,
@@ -164,41 +114,37 @@ impl TrustedRoot {
         for (i, tlog) in doc.tlogs.iter().enumerate() {
             let label = format!(
                 "tlogs[{i}]{}",
-                tlog.base_url
-                    .as_deref()
-                    .map(|u| format!(" ({u})"))
-                    .unwrap_or_default()
+                if tlog.base_url.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", tlog.base_url)
+                }
             );
-            let at = format!("{name}: {label}");
-            let raw = tlog
-                .public_key
-                .as_ref()
-                .and_then(|k| k.raw_bytes.as_deref())
-                .ok_or_else(|| format!("{at}: no publicKey.rawBytes"))?;
-            let der =
-                decode(raw).ok_or_else(|| format!("{at}: publicKey.rawBytes is not base64"))?;
-            // The key first, so that a broken key is reported as such rather than as a
-            // logId mismatch.
+            let der = tlog.public_key.raw_bytes.as_bytes().to_vec();
+            // Not checked: that `logId.keyId` is the SHA-256 of the key. It is for Rekor v1
+            // logs (and legacy Rekor bundles name their log that way: `RekorKeys` indexes keys
+            // by that hash), but a Rekor v2 log's ID is its checkpoint key ID (C2SP signed
+            // note), e.g. log2025-1.rekor.sigstore.dev in the public-good root.
             PublicKey::from_spki_der(&label, &der).map_err(|e| format!("{name}: {e}"))?;
-            let key_id = tlog
-                .log_id
-                .as_ref()
-                .ok_or_else(|| format!("{at}: no logId.keyId"))?;
-            let key_id =
-                decode(&key_id.key_id).ok_or_else(|| format!("{at}: logId.keyId is not base64"))?;
-            let digest = Sha256::digest(&der);
-            if key_id.as_slice() != digest.as_slice() {
-                return Err(format!(
-                    "{at}: logId.keyId {} is not the SHA-256 of its public key ({})",
-                    hex(&key_id),
-                    hex(&digest)
-                ));
-            }
             keys.push((label, der));
         }
         let rekor = RekorKeys::from_spki_ders(keys.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
             .map_err(|e| format!("{name}: {e}"))?;
-        Ok(TrustedRoot { authorities, rekor })
+        Ok(TrustedRoot {
+            authorities,
+            rekor,
+            sigstore: doc,
+        })
+    }
+
+    /// The file as sigstore reads it (for the Sigstore bundle verifier).
+    pub fn sigstore(&self) -> &sigstore_trust_root::TrustedRoot {
+        &self.sigstore
+    }
+
+    /// How many RFC 3161 timestamp authorities the file lists.
+    pub fn timestamp_authorities(&self) -> usize {
+        self.sigstore.timestamp_authorities.len()
     }
 
     /// The Rekor keys of the `tlogs`, for [`super::verify_layer`]'s `rekor`.
@@ -248,94 +194,15 @@ impl TrustedRoot {
     }
 }
 
-/// Protobuf JSON `bytes`: standard or URL-safe base64, padded or not.
-fn decode(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|e| e.decode(s.as_bytes()).ok())
-}
-
-fn window(v: &ValidFor) -> Result<(i64, Option<i64>), String> {
-    let start = match &v.start {
-        Some(s) => {
-            rfc3339_to_unix(s).ok_or_else(|| format!("start {s:?} is not an RFC 3339 time"))?
-        }
-        None => i64::MIN,
-    };
-    let end = match &v.end {
-        Some(s) => {
-            Some(rfc3339_to_unix(s).ok_or_else(|| format!("end {s:?} is not an RFC 3339 time"))?)
-        }
-        None => None,
-    };
-    Ok((start, end))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as Unix seconds (the fraction is dropped), as
-/// protobuf JSON writes a Timestamp.
-fn rfc3339_to_unix(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u16> {
-        let part = s.get(r)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    if b.len() < 20
-        || b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't'))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
-        return None;
-    }
-    let date = x509_cert::der::DateTime::new(
-        num(0..4)?,
-        u8::try_from(num(5..7)?).ok()?,
-        u8::try_from(num(8..10)?).ok()?,
-        u8::try_from(num(11..13)?).ok()?,
-        u8::try_from(num(14..16)?).ok()?,
-        u8::try_from(num(17..19)?).ok()?,
-    )
-    .ok()?;
-    let mut rest = s.get(19..)?;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = frac.get(digits..)?;
-    }
-    let offset: i64 = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if rest.len() != 6 || rest.as_bytes().get(3) != Some(&b':') {
-                return None;
-            }
-            let h = i64::from(rest.get(1..3)?.parse::<u8>().ok()?);
-            let m = i64::from(rest.get(4..6)?.parse::<u8>().ok()?);
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let secs = i64::try_from(date.unix_duration().as_secs()).ok()?;
-    Some(secs - offset)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::verify::cosign::keys::pem_blocks;
     use crate::verify::cosign::rekor::tests::FakeLog;
     use crate::verify::cosign::x509::tests::{Made, Spec, T, make, pki};
+    use base64::Engine as _;
     use serde_json::json;
+    use sha2::{Digest as _, Sha256};
 
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -361,7 +228,7 @@ mod tests {
                 "certChain": {"certificates": [{"rawBytes": b64(&inter.der)}, {"rawBytes": b64(&root.der)}]},
                 "validFor": {"start": "2023-01-01T00:00:00.000Z"}
             }],
-            "ctlogs": [{"whatever": true}]
+            "ctlogs": []
         })
     }
 
@@ -406,15 +273,18 @@ mod tests {
             err.contains("is trusted only for signatures made from 2020-01-01T00:00:00Z to 2023-11-14T22:13:19Z"),
             "{err}"
         );
+        // sigstore's parser names the problem and where it is (line and column).
         v["certificateAuthorities"][0]["validFor"] = json!({"start": "yesterday"});
         let err = load(&v).unwrap_err();
-        assert_eq!(
-            err,
-            "tr.json: certificateAuthorities[0] (https://fulcio.example.com): validFor: start \"yesterday\" is not an RFC 3339 time"
+        assert!(
+            err.starts_with("tr.json: not a sigstore trusted root: ")
+                && err.contains(" at line 1 column "),
+            "{err}"
         );
     }
 
-    /// Malformed files are refused with the field at fault named.
+    /// Malformed files are refused with the field at fault named (by cri-guard's checks) or
+    /// the problem and its position (by sigstore's parser).
     #[test]
     fn malformed_files() {
         let (root, inter) = pki();
@@ -431,16 +301,7 @@ mod tests {
                 json!("application/json"),
                 "mediaType \"application/json\" is not a sigstore trusted root",
             ),
-            (
-                "/tlogs/0/logId/keyId",
-                json!(b64(&[0u8; 32])),
-                "logId.keyId 0000",
-            ),
-            (
-                "/tlogs/0/logId/keyId",
-                json!("%%%"),
-                "tlogs[0] (https://rekor.example.com): logId.keyId is not base64",
-            ),
+            ("/tlogs/0/logId/keyId", json!("%%%"), "invalid base64"),
             (
                 "/tlogs/0/publicKey/rawBytes",
                 json!(b64(b"not a key")),
@@ -459,14 +320,18 @@ mod tests {
             (
                 "/certificateAuthorities/0/certChain/certificates/1/rawBytes",
                 json!("***"),
-                "certChain.certificates[1].rawBytes is not base64",
+                "invalid base64",
             ),
             (
                 "/certificateAuthorities/0/certChain/certificates/1/rawBytes",
                 json!(b64(b"junk")),
                 "certificate #2 is not a valid DER X.509 certificate",
             ),
-            ("/tlogs/0/publicKey", json!(null), "no publicKey.rawBytes"),
+            (
+                "/tlogs/0/publicKey",
+                json!({"keyDetails": "PKIX_ECDSA_P256_SHA_256"}),
+                "missing field `rawBytes`",
+            ),
         ];
         for (pointer, value, expected) in cases {
             let mut v = good.clone();
@@ -487,35 +352,5 @@ mod tests {
                 .unwrap_err()
                 .contains("lists no certificate authority")
         );
-    }
-
-    /// Protobuf JSON timestamps: Z or offsets, optional fractions; anything else is refused.
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339_to_unix("2023-01-20T20:51:33Z"), Some(1_674_247_893));
-        assert_eq!(
-            rfc3339_to_unix("2023-01-20T20:51:33.999999Z"),
-            Some(1_674_247_893)
-        );
-        assert_eq!(
-            rfc3339_to_unix("2023-01-20T21:51:33+01:00"),
-            Some(1_674_247_893)
-        );
-        assert_eq!(
-            rfc3339_to_unix("2023-01-20T19:51:33-01:00"),
-            Some(1_674_247_893)
-        );
-        for bad in [
-            "",
-            "2023-01-20",
-            "2023-01-20T20:51:33",
-            "2023-13-20T20:51:33Z",
-            "2023-01-20T20:51:33.Z",
-            "2023-01-20T20:51:33+0100",
-            "+023-01-20T20:51:33Z",
-            "2023-01-20T20:51:3éZ",
-        ] {
-            assert_eq!(rfc3339_to_unix(bad), None, "{bad}");
-        }
     }
 }

@@ -425,6 +425,20 @@ impl CertAuthority {
             .map_err(|reason| Failure::Certificate { reason })
     }
 
+    /// Checks only the identity of a leaf certificate (DER): its SANs and issuer extension
+    /// against [`CertAuthority::identity`], for certificates whose chain was verified
+    /// elsewhere (a Sigstore bundle's Fulcio certificate, by sigstore-verify).
+    pub fn check_identity(&self, leaf_der: &[u8]) -> Result<LeafSummary, Failure> {
+        let leaf = Certificate::from_der(leaf_der).map_err(|e| Failure::Certificate {
+            reason: format!(
+                "the signing certificate is not a valid DER X.509 certificate ({})",
+                shown(&e.to_string())
+            ),
+        })?;
+        self.identity_of(&leaf)
+            .map_err(|reason| Failure::Certificate { reason })
+    }
+
     fn check(
         &self,
         leaf_der: &[u8],
@@ -461,7 +475,7 @@ impl CertAuthority {
         self.build_path(leaf_der, chain, at)
             .map_err(|e| self.diagnose(&leaf, &pool, at, &e))?;
 
-        let summary = self.check_identity(&leaf)?;
+        let summary = self.identity_of(&leaf)?;
         let key = leaf_public_key(&self.name, &leaf)?;
         Ok((key, summary))
     }
@@ -595,7 +609,7 @@ impl CertAuthority {
     }
 
     /// The subject and issuer matchers; returns what the leaf says.
-    fn check_identity(&self, leaf: &Certificate) -> Result<LeafSummary, String> {
+    fn identity_of(&self, leaf: &Certificate) -> Result<LeafSummary, String> {
         let raw_subjects = subject_alt_names(leaf)?;
         let raw_issuer = fulcio_issuer(leaf)?;
         let summary = LeafSummary {
