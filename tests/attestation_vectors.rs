@@ -12,8 +12,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use cri_guard::verify::cosign::attest::{self, AttestationFailure, Envelope, Statement, pae};
 use cri_guard::verify::cosign::bundle::{self, Artifact, BundleExpect, BundleFailure};
+use cri_guard::verify::cosign::conditions::predicate_type;
+use cri_guard::verify::cosign::intoto::{
+    AttestationFailure, Envelope, IN_TOTO_PAYLOAD_TYPE, Statement, pae,
+};
+use cri_guard::verify::cosign::tag::attestation::verify_blob_envelope;
 use cri_guard::verify::cosign::{
     Authority, CertIdentity, Expected, Failure, IdentityMatch, Matcher, PublicKey, RootBuilder,
     SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE, SigLayer, Transparency, TrustedRoot,
@@ -129,8 +133,7 @@ fn blob_attestation_vectors() {
         let key_file = s(case, "public_key_file").expect("public_key_file");
         let key = PublicKey::from_pem(key_file, &read(&dir, key_file)).expect("key");
         let blob = read(&dir, s(case, "blob_file").unwrap());
-        let result =
-            attest::verify_blob_envelope(&envelope, &Authority::Key(key), &sha256_hex(&blob));
+        let result = verify_blob_envelope(&envelope, &Authority::Key(key), &sha256_hex(&blob));
         println!("{n}: {result:?}");
         assert_eq!(result.is_ok(), expected_verified(case), "{n}: {result:?}");
         match (n, &result) {
@@ -377,19 +380,14 @@ fn attestation_bundle_statements() {
             .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
             .unwrap();
         assert_eq!(
-            bundle["dsseEnvelope"]["payloadType"],
-            attest::IN_TOTO_PAYLOAD_TYPE,
+            bundle["dsseEnvelope"]["payloadType"], IN_TOTO_PAYLOAD_TYPE,
             "{n}"
         );
         let st = Statement::parse(&payload).unwrap_or_else(|e| panic!("{n}: {e}"));
         assert!(st.names_digest(s(case, "claimed_digest").unwrap()), "{n}");
         if let Some(pt) = s(case, "predicate_type") {
             assert_eq!(st.predicate_type, pt, "{n}");
-            assert_eq!(
-                attest::predicate_type("custom"),
-                pt,
-                "cosign's default --type"
-            );
+            assert_eq!(predicate_type("custom"), pt, "cosign's default --type");
         }
         if let Some(subject) = s(case, "subject_name") {
             assert_eq!(st.subjects[0].name, subject, "{n}");

@@ -12,7 +12,9 @@
 
 use oci_client::Reference;
 
-use super::cosign::attest::{self, AttestationFailure, DSSE_MEDIA_TYPE, VerifiedAttestation};
+use super::cosign::DSSE_MEDIA_TYPE;
+use super::cosign::intoto::AttestationFailure;
+use super::cosign::tag::attestation::{self, VerifiedAttestation};
 use super::policy::{AttestationRule, Rule};
 use super::{Attached, Denial, Finding, State, attachment_tag, fetch_attached};
 use crate::registry::Auth;
@@ -58,7 +60,7 @@ pub(super) async fn verify(
                 failure: None,
             };
             for (i, attestor) in rule.attestors.iter().enumerate() {
-                match attest::verify_attestation_layer(
+                match attestation::verify_attestation_layer(
                     layer,
                     &attestor.authority,
                     digest,

@@ -79,7 +79,7 @@ use std::time::Duration;
 
 use oci_client::Reference;
 
-use super::cosign::attest;
+use super::cosign::conditions;
 use super::cosign::{
     Authority, CertAuthority, CertIdentity, IdentityMatch, Matcher, PublicKey, RekorKeys,
     TrustedRoot,
@@ -144,7 +144,7 @@ pub struct AttestationRule {
     pub predicate_type: String,
     /// Indexes into the rule's `attestors` whose signature counts.
     pub attestors: Vec<usize>,
-    pub conditions: Vec<attest::Condition>,
+    pub conditions: Vec<conditions::Condition>,
 }
 
 /// Per-registry settings.
@@ -894,7 +894,7 @@ impl Parser<'_> {
                 }
                 continue;
             };
-            let predicate_type = attest::predicate_type(&pt).to_string();
+            let predicate_type = conditions::predicate_type(&pt).to_string();
             let mut signers = Vec::new();
             match t.get("attestors") {
                 None => signers.extend(0..attestors.len()),
@@ -931,7 +931,7 @@ impl Parser<'_> {
                 None => {}
                 Some(toml::Value::Array(cs)) => {
                     for (j, c) in cs.iter().enumerate() {
-                        match attest::Condition::from_toml(&format!("{aat}.conditions[{j}]"), c) {
+                        match conditions::Condition::from_toml(&format!("{aat}.conditions[{j}]"), c) {
                             Ok(c) => conditions.push(c),
                             Err(e) => self.problems.push(e),
                         }

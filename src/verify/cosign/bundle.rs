@@ -52,8 +52,8 @@ use sha2::{Digest as _, Sha256};
 use sigstore_types::bundle::VerificationMaterialContent;
 use sigstore_types::{Bundle, SignatureContent};
 
-use super::attest::{IN_TOTO_PAYLOAD_TYPE, Statement, pae};
-use super::transparency::Transparency;
+use super::intoto::{IN_TOTO_PAYLOAD_TYPE, Statement, pae};
+use super::trust::transparency::Transparency;
 use super::{Authority, CertAuthority, Failure, PublicKey, now_unix, shown};
 
 /// Media types of Sigstore bundles start with this (cosign checks the same prefix on the
@@ -716,9 +716,9 @@ mod tests {
     //! are in `tests/cosign3_bundles.rs`, the conformance cases in `tests/conformance.rs`.
 
     use super::*;
-    use crate::verify::cosign::keys::tests::signer as keypair;
-    use crate::verify::cosign::transparency::RootBuilder;
-    use crate::verify::cosign::x509::tests::{Made, Spec, T, identity, make, pki};
+    use crate::verify::cosign::trust::certificates::tests::{Made, Spec, T, identity, make, pki};
+    use crate::verify::cosign::trust::keys::tests::signer as keypair;
+    use crate::verify::cosign::trust::transparency::RootBuilder;
     use serde_json::{Value, json};
     use sigstore::crypto::{SigStoreSigner, SigningScheme};
 

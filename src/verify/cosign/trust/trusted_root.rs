@@ -19,9 +19,9 @@
 //! `hashAlgorithm`/`keyDetails` are informative (the key's own algorithm decides);
 //! `baseUrl`/`uri` name things in messages.
 
+use super::certificates::{CertAuthority, CertIdentity, split_anchors};
 use super::keys::PublicKey;
-use super::rekor::RekorKeys;
-use super::x509::{CertAuthority, CertIdentity, split_anchors};
+use super::rekor_keys::RekorKeys;
 
 /// Media types of the trusted root format this reads (protobuf-specs `TrustedRoot`).
 const MEDIA_TYPES: &[&str] = &[
@@ -147,7 +147,7 @@ impl TrustedRoot {
         self.sigstore.timestamp_authorities.len()
     }
 
-    /// The Rekor keys of the `tlogs`, for [`super::verify_layer`]'s `rekor`.
+    /// The Rekor keys of the `tlogs`, for [`crate::verify::cosign::verify_layer`]'s `rekor`.
     pub fn rekor_keys(&self) -> &RekorKeys {
         &self.rekor
     }
@@ -197,9 +197,9 @@ impl TrustedRoot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::cosign::keys::pem_blocks;
-    use crate::verify::cosign::rekor::tests::FakeLog;
-    use crate::verify::cosign::x509::tests::{Made, Spec, T, make, pki};
+    use crate::verify::cosign::tag::rekor_bundle::tests::FakeLog;
+    use crate::verify::cosign::trust::certificates::tests::{Made, Spec, T, make, pki};
+    use crate::verify::cosign::trust::keys::pem_blocks;
     use base64::Engine as _;
     use serde_json::json;
     use sha2::{Digest as _, Sha256};
