@@ -22,7 +22,9 @@
 //!                                             count, attestations + conditions)
 //!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
 //!                                             negative TTL, tag resolutions, single flight
-//!                            verify::attestations  a rule's required attestations from `.att`
+//!                            verify::discovery  where signatures/attestations are: `.sig`/`.att`
+//!                                             tags, OCI referrers (API, or referrers tag)
+//!                            verify::attestations  a rule's required attestations (both formats)
 //!                            verify::cosign   offline checks, no network, by what they read:
 //!                              tag/           `.sig` / `.att` tags: simple-signing layers,
 //!                                             docker-reference, DSSE layers, legacy Rekor bundle
@@ -31,7 +33,8 @@
 //!                              conditions     predicate conditions, cosign's --type names
 //!                              trust/         keys, certificate chains + identity, trusted
 //!                                             root, Rekor keys, an attestor's transparency
-//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml
+//!                            registry         resolve / manifest / blob / referrers with auth,
+//!                                             limits, hosts.toml
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!

@@ -66,7 +66,8 @@
 //! verifyTimeout = "30s"          # whole decision; over it, the pull is denied
 //! maxManifestSize = "4MiB"
 //! maxSignatureSize = "1MiB"
-//! maxAttestationSize = "16MiB"   # one attestation layer (an SBOM can be large)
+//! maxAttestationSize = "16MiB"   # one attestation layer or bundle (an SBOM can be large)
+//! maxReferrers = 128             # OCI referrers of an image looked at (Sigstore bundles)
 //! ```
 //!
 //! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
@@ -181,6 +182,8 @@ pub struct FetchSettings {
     pub max_signature_size: usize,
     /// Largest attestation layer (a DSSE envelope; SBOMs can be large).
     pub max_attestation_size: usize,
+    /// Most OCI referrers of an image (all pages together) looked at; more is a denial.
+    pub max_referrers: usize,
 }
 
 impl Default for CacheSettings {
@@ -202,6 +205,7 @@ impl Default for FetchSettings {
             max_manifest_size: 4 << 20,
             max_signature_size: 1 << 20,
             max_attestation_size: 16 << 20,
+            max_referrers: 128,
         }
     }
 }
@@ -1184,6 +1188,7 @@ impl Parser<'_> {
                 "maxManifestSize",
                 "maxSignatureSize",
                 "maxAttestationSize",
+                "maxReferrers",
             ],
         );
         FetchSettings {
@@ -1208,6 +1213,16 @@ impl Parser<'_> {
                 t.get("maxAttestationSize"),
                 d.max_attestation_size,
             ),
+            max_referrers: match t.get("maxReferrers") {
+                None => d.max_referrers,
+                Some(toml::Value::Integer(n)) if (1..=4096).contains(n) => *n as usize,
+                Some(v) => {
+                    self.problems.push(format!(
+                        "`fetch.maxReferrers` = {v} is invalid: expected 1 to 4096"
+                    ));
+                    d.max_referrers
+                }
+            },
         }
     }
 
