@@ -448,6 +448,7 @@ async fn cache_hit(plan: &Plan, env: &Env) {
                 digest: rng.digest(),
                 generation: 1,
                 rule: 3,
+                credential: None,
             },
             verified(),
             Duration::from_secs(3600),
@@ -458,6 +459,7 @@ async fn cache_hit(plan: &Plan, env: &Env) {
         digest: rng.digest(),
         generation: 1,
         rule: 3,
+        credential: None,
     };
     cache.insert(probe.clone(), verified(), Duration::from_secs(3600));
 
@@ -1103,6 +1105,7 @@ fn memory_child(policy: &Path, entries: usize) {
                     digest: rng.digest(),
                     generation: 12,
                     rule: i % 4,
+                    credential: None,
                 },
                 verified(),
                 Duration::from_secs(3600),

@@ -11,17 +11,23 @@
 //!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
 //!                          │            client (runtime side), all calls in one task
 //!                          ├─ route by gRPC path:
-//!                          │    /runtime.v1.*  except the two below → relay (bytes untouched)
-//!                          │    PullImage, CreateContainer          → intercept → Guard → relay
+//!                          │    /runtime.v1.*  except the three below → relay (bytes untouched)
+//!                          │    PullImage, CreateContainer,
+//!                          │    RunPodSandbox                         → intercept → Guard → relay
 //!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
 //!                          ├─ proxy::relay     frames, trailers, resets, flow control
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
-//!                          └─ proxy::grpc      unary framing, trailers-only status replies
-//!                          Guard = verify::Verifier:
+//!                          └─ proxy::grpc      unary framing, trailers-only status replies,
+//!                                              bounded and escaped messages and log fields
+//!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
+//!                            ImageStatus, sandbox image), creates pinned to the checked image id
+//!                            verify::reference image references read as containerd reads them;
+//!                                             the normalized form rules match
 //!                            verify::policy   rules (imageReferences, namespaces, mode, attestors,
-//!                                             count, attestations + conditions)
-//!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule),
-//!                                             negative TTL, tag resolutions, single flight
+//!                                             count, attestations + conditions), [sandbox], bounds
+//!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule;
+//!                                             denials also by credential fingerprint), negative TTL,
+//!                                             tag resolutions, single flight
 //!                            verify::discovery  where signatures/attestations are: `.sig`/`.att`
 //!                                             tags, OCI referrers (API, or referrers tag)
 //!                            verify::attestations  a rule's required attestations (both formats)
@@ -34,7 +40,8 @@
 //!                              trust/         keys, certificate chains + identity, trusted
 //!                                             root, Rekor keys, an attestor's transparency
 //!                            registry         resolve / manifest / blob / referrers with auth,
-//!                                             limits, hosts.toml
+//!                                             limits, hosts.toml; credentials only to their host;
+//!                                             per-verification Budget
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!
@@ -44,7 +51,9 @@
 //! the connection's upstream HTTP/2 connection with the same headers and data frames; the
 //! response's headers, data and trailers come back the same way. An intercepted call is read
 //! whole (bounded), decoded with prost, handed to the [`proxy::Guard`], and then either its
-//! original bytes are forwarded or a status is returned and nothing reaches the runtime.
+//! original bytes are forwarded (a CreateContainer with the checked image id appended) or a
+//! status is returned and nothing reaches the runtime. Who controls which input, and where
+//! each is bounded: docs/threat-model.md.
 
 #![forbid(unsafe_code)]
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use cri_guard::cli::{Cli, Command, ServeArgs, VerifyArgs, VerifyBundleArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
+use cri_guard::proxy::grpc::Text;
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
 use cri_guard::registry::Auth;
 use cri_guard::verify::Verifier;
@@ -258,7 +259,8 @@ async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
                 let generation = p.generation;
                 match verifier.reload(p) {
                     Ok(()) => {
-                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped")
+                        tracing::info!(policy = %path.display(), generation, "policy reloaded; cached decisions dropped");
+                        tokio::spawn(report_sandbox_image(verifier.clone()));
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "policy reload failed; keeping the old policy")
@@ -273,21 +275,29 @@ async fn reload_on_sighup(verifier: Verifier, path: std::path::PathBuf) {
 }
 
 /// The runtime pulls its sandbox (pause) image itself, not through PullImage: say at start and
-/// after each reload whether the policy would allow it, so an operator sees a missing `skip` rule.
+/// after each reload whether the policy allows it (RunPodSandbox is refused while it does not,
+/// under `[sandbox] mode = "enforce"`), so an operator sees a missing rule before pods fail.
 async fn report_sandbox_image(verifier: Verifier) {
     // The runtime may still be starting; try for a while.
     for _ in 0..30 {
         if let Some(d) = verifier.check_sandbox_image().await {
             if d.allowed {
-                tracing::info!(image = %d.image, rule = %d.rule, reason = %d.reason(), "sandbox image passes the policy");
+                tracing::info!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
+                    "sandbox image passes the policy");
             } else {
-                tracing::warn!(image = %d.image, rule = %d.rule, reason = %d.reason(),
-                    "the runtime's sandbox image does NOT pass the policy; add a rule for it (e.g. mode = \"skip\")");
+                tracing::warn!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
+                    "the runtime's sandbox image does NOT pass the policy: RunPodSandbox is refused \
+                     until it does ([sandbox] mode = \"enforce\"); add a rule for it (e.g. mode = \"skip\") or sign it");
             }
             return;
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
+    tracing::warn!(
+        "cannot tell which sandbox image the runtime uses (containerd 2.x reports it only once \
+         pulled): RunPodSandbox is refused under [sandbox] mode = \"enforce\" until it can; set \
+         `[sandbox] image` in the policy to the runtime's sandbox image"
+    );
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
@@ -330,21 +340,22 @@ fn verify(args: &VerifyArgs) -> ExitCode {
                 .map(|x| format!(" ({x})"))
                 .unwrap_or_default();
             println!(
-                "{verdict} {image}{digest} rule={} mode={}: {}",
+                "{verdict} {}{digest} rule={} mode={}: {}",
+                Text(image),
                 d.rule,
                 d.mode.as_str(),
-                d.reason()
+                Text(&d.reason())
             );
             for f in d.attestations() {
                 println!(
                     "  attestation {}: {} ({})",
-                    f.predicate_type,
+                    Text(&f.predicate_type),
                     if f.accepted {
                         "accepted"
                     } else {
                         "not counted"
                     },
-                    f.detail
+                    Text(&f.detail)
                 );
             }
             if !d.allowed {

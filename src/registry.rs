@@ -11,15 +11,24 @@
 //! Credentials ([`Auth`]) are per call: the kubelet's `PullImageRequest.auth` for that registry.
 //! They are sent as Basic auth, or exchanged for a bearer token when the registry asks for one
 //! (tokens are kept in memory, keyed by credential fingerprint). They are never logged: [`Auth`]'s
-//! `Debug` prints only the user name.
+//! `Debug` prints only the user name. They go only to the host they were given for (I6):
+//! reqwest drops `Authorization` when a redirect leaves the host; a 401 that comes back from
+//! another host after a redirect is not answered with them; and a bearer challenge's token
+//! `realm` gets them only if it is the host that was asked, or a host the policy names as the
+//! registry's token service (`registries."<r>".tokenHosts`; `auth.docker.io` for Docker Hub),
+//! over HTTPS unless the registry itself is plain HTTP. Any other realm is asked anonymously.
+//!
+//! A verification runs inside a [`Budget`]: every body byte and every blob fetched while it
+//! runs is charged to it, and a fetch over it fails with [`RegistryError::OverBudget`]. So what
+//! one verification holds in memory is bounded whatever a registry lists.
 //!
 //! oci-client's own client is not used for fetching because it keeps the first credentials it
 //! sees per registry and reads manifests without a size limit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -118,9 +127,11 @@ impl Auth {
         Auth::Anonymous
     }
 
-    /// A fingerprint to key cached tokens by, without keeping the secret itself as a key.
-    fn fingerprint(&self) -> [u8; 32] {
+    /// A fingerprint to key cached tokens and credential-dependent results by, without keeping
+    /// the secret itself as a key: SHA-256 over a per-process random salt and the credentials.
+    pub fn fingerprint(&self) -> [u8; 32] {
         let mut h = Sha256::new();
+        h.update(salt());
         match self {
             Auth::Anonymous => h.update(b"anon"),
             Auth::Basic { username, password } => {
@@ -136,6 +147,96 @@ impl Auth {
         }
         h.finalize().into()
     }
+}
+
+/// 32 random bytes per process (from the kernel), so fingerprints can't be precomputed.
+fn salt() -> &'static [u8; 32] {
+    static SALT: OnceLock<[u8; 32]> = OnceLock::new();
+    SALT.get_or_init(|| {
+        let mut s = [0u8; 32];
+        match std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut s))
+        {
+            Ok(()) => s,
+            // No urandom: still unpredictable enough for an in-memory map key.
+            Err(_) => Sha256::digest(format!("{:?}{}", Instant::now(), std::process::id())).into(),
+        }
+    })
+}
+
+/// What one verification may still fetch: bytes of bodies, and blobs. Shared by everything a
+/// verification fetches (see [`Budget::scope`]).
+#[derive(Debug)]
+pub struct Budget {
+    bytes: AtomicUsize,
+    blobs: AtomicUsize,
+    max_bytes: usize,
+    max_blobs: usize,
+}
+
+tokio::task_local! {
+    static BUDGET: Arc<Budget>;
+}
+
+impl Budget {
+    pub fn new(max_bytes: usize, max_blobs: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            bytes: AtomicUsize::new(0),
+            blobs: AtomicUsize::new(0),
+            max_bytes,
+            max_blobs,
+        })
+    }
+
+    /// Runs `fut` with every registry fetch it makes charged to this budget.
+    pub async fn scope<F: std::future::Future>(self: Arc<Self>, fut: F) -> F::Output {
+        BUDGET.scope(self, fut).await
+    }
+
+    /// Bytes fetched so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn charge_bytes(&self, n: usize, url: &str) -> Result<(), RegistryError> {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.max_bytes {
+            return Err(RegistryError::OverBudget {
+                url: url.into(),
+                what: format!(
+                    "more than {} bytes (fetch.maxVerificationBytes)",
+                    self.max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn charge_blob(&self, url: &str) -> Result<(), RegistryError> {
+        let n = self.blobs.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.max_blobs {
+            return Err(RegistryError::OverBudget {
+                url: url.into(),
+                what: format!(
+                    "more than {} blobs (fetch.maxVerificationBlobs)",
+                    self.max_blobs
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Charges `n` body bytes to the running verification's budget, if any.
+fn charge_bytes(n: usize, url: &str) -> Result<(), RegistryError> {
+    BUDGET
+        .try_with(|b| b.charge_bytes(n, url))
+        .unwrap_or(Ok(()))
+}
+
+/// Charges one blob to the running verification's budget, if any.
+fn charge_blob(url: &str) -> Result<(), RegistryError> {
+    BUDGET.try_with(|b| b.charge_blob(url)).unwrap_or(Ok(()))
 }
 
 /// Why a registry request failed.
@@ -156,6 +257,8 @@ pub enum RegistryError {
         expected: String,
         actual: String,
     },
+    #[error("this verification fetched {what}, the limit; stopped at {url}")]
+    OverBudget { url: String, what: String },
     #[error("{0}")]
     Malformed(String),
 }
@@ -177,7 +280,12 @@ pub struct RegistryConfig {
     pub insecure: Vec<String>,
     pub timeout: Duration,
     pub max_manifest_size: usize,
+    /// Per registry: other hosts that may receive its credentials as its token service.
+    pub token_hosts: BTreeMap<String, Vec<String>>,
 }
+
+/// Most bearer tokens kept at once.
+const MAX_TOKENS: usize = 4096;
 
 /// (registry, scope, credential fingerprint): what a bearer token was issued for.
 type TokenKey = (String, String, [u8; 32]);
@@ -412,6 +520,7 @@ impl Registry {
             self.endpoint(repo.registry()),
             repo.repository()
         );
+        charge_blob(&url)?;
         let resp = self.send(reqwest::Method::GET, &url, repo, auth).await?;
         let body = read_limited(resp, &url, limit).await?;
         let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
@@ -452,6 +561,13 @@ impl Registry {
         if first.status() != reqwest::StatusCode::UNAUTHORIZED {
             return check_status(first, url);
         }
+        // A challenge from another host (after a redirect) is not answered with credentials
+        // given for this one.
+        if origin(first.url().as_str()) != origin(url) {
+            return Err(RegistryError::Unauthorized {
+                url: first.url().to_string(),
+            });
+        }
         let challenge = first
             .headers()
             .get("www-authenticate")
@@ -460,18 +576,55 @@ impl Registry {
         let Some((realm, service)) = challenge else {
             return Err(RegistryError::Unauthorized { url: url.into() });
         };
+        let token_auth = if self.may_receive_credentials(repo.registry(), url, &realm) {
+            auth
+        } else {
+            &Auth::Anonymous
+        };
         let (token, ttl) = self
-            .fetch_token(&realm, service.as_deref(), &scope, auth)
+            .fetch_token(&realm, service.as_deref(), &scope, token_auth)
             .await?;
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (token.clone(), Instant::now() + ttl));
+        {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            // Registries, repositories and credentials are chosen by others: keep the map
+            // bounded (expired tokens go first; it is only a cache).
+            if tokens.len() >= MAX_TOKENS {
+                let now = Instant::now();
+                tokens.retain(|_, (_, exp)| *exp > now);
+                if tokens.len() >= MAX_TOKENS {
+                    tokens.clear();
+                }
+            }
+            tokens.insert(key, (token.clone(), Instant::now() + ttl));
+        }
         let second = self.request(method, url, Some(&token), auth).await?;
         if second.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized { url: url.into() });
         }
         check_status(second, url)
+    }
+
+    /// Whether the token `realm` a registry named may receive the credentials given for
+    /// `registry` (asked at `url`): the same host, or one of its configured token hosts; over
+    /// HTTPS unless the registry is plain HTTP itself.
+    fn may_receive_credentials(&self, registry: &str, url: &str, realm: &str) -> bool {
+        let (Some(asked), Some(realm)) = (origin(url), origin(realm)) else {
+            return false;
+        };
+        if realm.0 == "http" && asked.0 != "http" {
+            return false;
+        }
+        let realm_host = match realm.2 {
+            Some(p) if Some(p) != default_port(&realm.0) => format!("{}:{p}", realm.1),
+            _ => realm.1.clone(),
+        };
+        (asked.1 == realm.1 && asked.2 == realm.2)
+            || (registry == "docker.io" && realm_host == "auth.docker.io")
+            || self
+                .cfg
+                .token_hosts
+                .get(registry)
+                .is_some_and(|hosts| hosts.iter().any(|h| h.eq_ignore_ascii_case(&realm_host)))
     }
 
     async fn request(
@@ -587,9 +740,28 @@ async fn read_limited(
                 limit,
             });
         }
+        charge_bytes(chunk.len(), url)?;
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// (scheme, lower-case host, port) of a URL.
+fn origin(url: &str) -> Option<(String, String, Option<u16>)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((
+        u.scheme().to_string(),
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default(),
+    ))
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
 }
 
 /// `Bearer realm="..",service="..",scope=".."` -> (realm, service).
@@ -850,6 +1022,109 @@ mod tests {
         assert!(parse_index("p", manifest.as_bytes()).is_err());
         assert!(parse_index("p", b"[]").is_err());
         assert_eq!(referrers_tag("sha256:ab"), "sha256-ab");
+    }
+
+    /// A token realm gets the credentials only on the host that was asked or a configured
+    /// token host (Docker Hub's built in), and never over plain HTTP from an HTTPS registry.
+    #[test]
+    fn credentials_to_token_realms() {
+        let r = Registry::new(RegistryConfig {
+            token_hosts: BTreeMap::from([(
+                "registry.gitlab.com".to_string(),
+                vec!["gitlab.com".to_string()],
+            )]),
+            ..Default::default()
+        })
+        .unwrap();
+        let ok = |reg, url, realm| r.may_receive_credentials(reg, url, realm);
+        assert!(ok(
+            "r.example",
+            "https://r.example/v2/a/manifests/x",
+            "https://r.example/token"
+        ));
+        assert!(ok(
+            "r.example:5000",
+            "http://r.example:5000/v2/",
+            "http://r.example:5000/t"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "https://evil.example/token"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "http://r.example/token"
+        ));
+        assert!(!ok(
+            "r.example",
+            "https://r.example/v2/",
+            "https://r.example:8443/token"
+        ));
+        assert!(ok(
+            "docker.io",
+            "https://registry-1.docker.io/v2/",
+            "https://auth.docker.io/token"
+        ));
+        assert!(!ok(
+            "ghcr.io",
+            "https://ghcr.io/v2/",
+            "https://auth.docker.io/token"
+        ));
+        assert!(ok(
+            "registry.gitlab.com",
+            "https://registry.gitlab.com/v2/",
+            "https://gitlab.com/jwt/auth"
+        ));
+        assert!(!ok(
+            "registry.gitlab.com",
+            "https://registry.gitlab.com/v2/",
+            "not a url"
+        ));
+    }
+
+    /// A budget refuses the byte or blob that goes over it, and only inside its scope.
+    #[tokio::test]
+    async fn budget() {
+        assert!(
+            charge_bytes(usize::MAX / 2, "u").is_ok(),
+            "no budget, no limit"
+        );
+        let b = Budget::new(100, 2);
+        let (bytes, blobs) = b
+            .clone()
+            .scope(async {
+                (
+                    [
+                        charge_bytes(60, "u"),
+                        charge_bytes(40, "u"),
+                        charge_bytes(1, "u"),
+                    ]
+                    .map(|r| r.is_ok()),
+                    [charge_blob("u"), charge_blob("u"), charge_blob("u")].map(|r| r.is_ok()),
+                )
+            })
+            .await;
+        assert_eq!(bytes, [true, true, false]);
+        assert_eq!(blobs, [true, true, false]);
+        assert_eq!(b.bytes(), 101);
+        let e = Budget::new(1, 1)
+            .charge_bytes(2, "http://r/v2/x")
+            .unwrap_err();
+        assert!(e.to_string().contains("fetch.maxVerificationBytes"), "{e}");
+    }
+
+    /// Fingerprints differ by credentials and never contain them.
+    #[test]
+    fn fingerprints() {
+        let a = Auth::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_ne!(a.fingerprint(), Auth::Anonymous.fingerprint());
+        assert_ne!(a.fingerprint(), Auth::Bearer("p".into()).fingerprint());
     }
 
     /// Only canonical sha256 digests are accepted.

@@ -58,7 +58,10 @@ enum Route {
 }
 
 fn route(path: &str, shared: &Shared) -> Route {
-    if path == intercept::PULL_IMAGE || path == intercept::CREATE_CONTAINER {
+    if path == intercept::PULL_IMAGE
+        || path == intercept::CREATE_CONTAINER
+        || path == intercept::RUN_POD_SANDBOX
+    {
         Route::Intercept
     } else if path.starts_with(cri::V1_PREFIX) {
         if !cri::KNOWN_METHODS.contains(&path) {
@@ -213,14 +216,18 @@ async fn intercepted(
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
-    let pull = head.uri.path() == intercept::PULL_IMAGE;
-    let method = if pull { "PullImage" } else { "CreateContainer" };
+    let kind = match head.uri.path() {
+        intercept::PULL_IMAGE => Kind::Pull,
+        intercept::RUN_POD_SANDBOX => Kind::RunSandbox,
+        _ => Kind::Create,
+    };
+    let method = kind.method();
     let bytes = match relay::read_body(&mut body, shared.max_message, method).await {
         Ok(b) => b,
         Err(Some(status)) => return relay::reply(respond, &status),
         Err(None) => return,
     };
-    let call = match decode(pull, &bytes) {
+    let call = match decode(kind, &bytes) {
         Ok(c) => c,
         Err(status) => {
             warn!(method, message = %status.message, "refused undecodable request");
@@ -234,8 +241,8 @@ async fn intercepted(
     };
     info!(
         method,
-        image = call.image(),
-        namespace = call.namespace(),
+        image = %grpc::Text(call.image()),
+        namespace = %grpc::Text(call.namespace()),
         decision,
         micros = started.elapsed().as_micros() as u64,
         "intercepted call"
@@ -253,28 +260,40 @@ async fn intercepted(
     }
 }
 
-fn decode(pull: bool, body: &Bytes) -> Result<Call, Status> {
-    let name = if pull {
-        "PullImageRequest"
-    } else {
-        "CreateContainerRequest"
-    };
+/// Which intercepted method a call is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Pull,
+    Create,
+    RunSandbox,
+}
+
+impl Kind {
+    fn method(self) -> &'static str {
+        match self {
+            Kind::Pull => "PullImage",
+            Kind::Create => "CreateContainer",
+            Kind::RunSandbox => "RunPodSandbox",
+        }
+    }
+}
+
+fn decode(kind: Kind, body: &Bytes) -> Result<Call, Status> {
     let bad = |e: &dyn std::fmt::Display| {
         Status::new(
             Code::InvalidArgument,
-            format!("cri-guard: cannot decode the {name}: {e}"),
+            format!("cri-guard: cannot decode the {}Request: {e}", kind.method()),
         )
     };
     let msg = grpc::unary_message(body).map_err(|e| bad(&e))?;
-    if pull {
-        cri::PullImageRequest::decode(msg)
-            .map(|r| Call::Pull(Box::new(r)))
-            .map_err(|e| bad(&e))
-    } else {
-        cri::CreateContainerRequest::decode(msg)
-            .map(|r| Call::Create(Box::new(r)))
-            .map_err(|e| bad(&e))
+    match kind {
+        Kind::Pull => cri::PullImageRequest::decode(msg).map(|r| Call::Pull(Box::new(r))),
+        Kind::Create => cri::CreateContainerRequest::decode(msg).map(|r| Call::Create(Box::new(r))),
+        Kind::RunSandbox => {
+            cri::RunPodSandboxRequest::decode(msg).map(|r| Call::RunSandbox(Box::new(r)))
+        }
     }
+    .map_err(|e| bad(&e))
 }
 
 /// The framed request with `extra` encoded fields appended to its message.

@@ -1,5 +1,6 @@
-//! The one intercept point: PullImage and CreateContainer are buffered, decoded and handed to a
-//! [`Guard`] before anything reaches the runtime. Everything else is relayed untouched.
+//! The one intercept point: PullImage, CreateContainer and RunPodSandbox are buffered, decoded
+//! and handed to a [`Guard`] before anything reaches the runtime. Everything else is relayed
+//! untouched.
 //!
 //! The guard sees decoded requests; the proxy keeps the original bytes and forwards those (or the
 //! original bytes with extra fields appended, see [`Verdict::ForwardAppended`]), so fields a newer
@@ -11,17 +12,22 @@ use std::pin::Pin;
 use bytes::Bytes;
 
 use super::grpc::Status;
-use crate::cri::{CreateContainerRequest, PullImageRequest, PullImageResponse};
+use crate::cri::{
+    CreateContainerRequest, PullImageRequest, PullImageResponse, RunPodSandboxRequest,
+};
 
 /// The gRPC paths that go through the guard.
 pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
 pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
+/// Runs the runtime's sandbox (pause) image, which no PullImage or CreateContainer names.
+pub const RUN_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/RunPodSandbox";
 
 /// A decoded request that needs a decision.
 #[derive(Debug)]
 pub enum Call {
     Pull(Box<PullImageRequest>),
     Create(Box<CreateContainerRequest>),
+    RunSandbox(Box<RunPodSandboxRequest>),
 }
 
 impl Call {
@@ -30,23 +36,28 @@ impl Call {
         match self {
             Call::Pull(_) => "PullImage",
             Call::Create(_) => "CreateContainer",
+            Call::RunSandbox(_) => "RunPodSandbox",
         }
     }
 
-    /// The image the call names, for logs (never includes credentials).
+    /// The image the call names, for logs (never includes credentials; caller-controlled text:
+    /// log it escaped, e.g. with `grpc::Text`).
     pub fn image(&self) -> &str {
         let spec = match self {
             Call::Pull(r) => r.image.as_ref(),
             Call::Create(r) => r.config.as_ref().and_then(|c| c.image.as_ref()),
+            Call::RunSandbox(_) => None,
         };
         spec.map(|s| s.image.as_str()).unwrap_or("")
     }
 
-    /// The pod's namespace, when the kubelet sent the sandbox config.
+    /// The namespace the request claims (its sandbox config), for logs. A claim: decisions
+    /// on CreateContainer take the namespace from the runtime's record of the sandbox.
     pub fn namespace(&self) -> &str {
         let sandbox = match self {
             Call::Pull(r) => r.sandbox_config.as_ref(),
             Call::Create(r) => r.sandbox_config.as_ref(),
+            Call::RunSandbox(r) => r.config.as_ref(),
         };
         sandbox
             .and_then(|s| s.metadata.as_ref())

@@ -4,6 +4,11 @@
 //! - Decisions are keyed by (repository or signed identity, digest, policy generation, rule):
 //!   a policy reload changes the generation, so nothing decided under the old policy is found
 //!   again (invariant I5). A tag is never part of an allow key (I1).
+//! - Verifications are run (and denials kept) per credential fingerprint: a denial that a
+//!   caller's missing or refused credentials caused is never served to a caller with other
+//!   credentials. An allow is stored under the key without a credential and shared: it says
+//!   the signature verified, whoever asked (the runtime checks each caller's access to the
+//!   image on its own pull). [`Cache::get_or_fill_with`] lets the filler say where a result goes.
 //! - Positive decisions live `ttl`; denials live `negative_ttl` (short: it absorbs the kubelet's
 //!   retries of a failing pull without hammering the registry).
 //! - Concurrent lookups of the same key share one verification (single flight): the first caller
@@ -31,6 +36,9 @@ pub struct Key {
     pub digest: [u8; 32],
     pub generation: u64,
     pub rule: usize,
+    /// Whose credentials the entry depends on (a fingerprint, never the secret); `None` for
+    /// results anyone may share.
+    pub credential: Option<[u8; 32]>,
 }
 
 /// Counters, for logs and benchmarks.
@@ -86,6 +94,15 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         self.len() == 0
     }
 
+    /// The cached value, counted as a hit when found.
+    pub fn lookup(&self, key: &K) -> Option<V> {
+        let v = self.get(key);
+        if v.is_some() {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        v
+    }
+
     /// The cached value, or the result of `fill` (run once however many callers ask at the same
     /// time), cached for the lifetime `ttl_of` gives it. Returns (value, was it a cache hit).
     pub async fn get_or_fill<F, Fut>(
@@ -98,8 +115,24 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
     {
-        if let Some(v) = self.get(&key) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        let stored = key.clone();
+        self.get_or_fill_with(key, fill, move |v| Some((stored, ttl_of(v))))
+            .await
+    }
+
+    /// Like [`Cache::get_or_fill`], but `store` decides under which key and for how long the
+    /// filled value is kept, or that it is not kept at all (`None`). Single flight is per `key`.
+    pub async fn get_or_fill_with<F, Fut>(
+        &self,
+        key: K,
+        fill: F,
+        store: impl FnOnce(&V) -> Option<(K, Duration)>,
+    ) -> (V, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V>,
+    {
+        if let Some(v) = self.lookup(&key) {
             return (v, true);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -117,7 +150,9 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             .await
             .clone();
         if filled_here {
-            self.insert(key.clone(), v.clone(), ttl_of(&v));
+            if let Some((at, ttl)) = store(&v) {
+                self.insert(at, v.clone(), ttl);
+            }
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                 inflight.remove(&key);
@@ -186,6 +221,24 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(c.stats.verifications.load(Ordering::SeqCst), 1);
+    }
+
+    /// The filler decides where a value goes: a shared key, or nowhere (not cached).
+    #[tokio::test]
+    async fn store_elsewhere_or_nowhere() {
+        let c: Cache<(u32, Option<u8>), bool> = Cache::new(10);
+        let shared = |ok: &bool| ok.then_some(((1, None), Duration::from_secs(60)));
+        c.get_or_fill_with((1, Some(7)), || async { true }, shared)
+            .await;
+        assert_eq!(
+            (c.get(&(1, None)), c.get(&(1, Some(7)))),
+            (Some(true), None)
+        );
+        c.get_or_fill_with((2, Some(7)), || async { false }, shared)
+            .await;
+        assert_eq!(c.len(), 1, "a value the filler did not place is not kept");
+        assert_eq!(c.lookup(&(1, None)), Some(true));
+        assert_eq!(c.stats.hits.load(Ordering::Relaxed), 1);
     }
 
     /// The TTL can depend on the value (short for denials).

@@ -118,7 +118,7 @@ pub(super) async fn fetch_attached(
     let mut skipped = Vec::new();
     for l in &parsed.layers {
         if l.media_type != media_type {
-            skipped.push(l.media_type.clone());
+            skipped.push(crate::proxy::grpc::bounded(&l.media_type, 120));
             continue;
         }
         if l.size < 0 || l.size as usize > max {
@@ -138,6 +138,12 @@ pub(super) async fn fetch_attached(
                 ));
             }
         }
+    }
+    // Name the first few skipped layers and count the rest: the registry picks their number.
+    if skipped.len() > 5 {
+        let more = skipped.len() - 5;
+        skipped.truncate(5);
+        skipped.push(format!("{more} more"));
     }
     attached.found = true;
     attached.layers = layers;
@@ -314,17 +320,9 @@ fn candidate(d: &Descriptor, max_manifest: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Text from a registry, bounded and escaped for a message.
 fn shown(s: &str) -> String {
-    s.chars()
-        .take(128)
-        .flat_map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                vec![c]
-            } else {
-                c.escape_default().collect()
-            }
-        })
-        .collect()
+    crate::proxy::grpc::bounded(s, 128)
 }
 
 impl Referrers {

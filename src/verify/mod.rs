@@ -2,18 +2,33 @@
 //!
 //! ```text
 //! PullImage(image, auth, namespace)
+//!   -> reference::parse(image)                           as containerd reads it; malformed: deny
 //!   -> policy::Policy::matching(image, namespace)       rule (or default) and its mode
 //!   -> skip? allow.  default without attestors? deny (enforce) / allow and report (audit)
 //!   -> resolve tag -> digest (registry HEAD; cached briefly, never an allow key)
 //!   -> cache::Cache keyed (repository, digest, policy generation, rule)   hit: microseconds
-//!   -> miss: discovery: REPO:sha256-<hex>.sig (and .att), the referrers API and the referrers
+//!   -> miss: a verification slot (bounded, with a bounded queue) and a fetch budget, then
+//!            discovery: REPO:sha256-<hex>.sig (and .att), the referrers API and the referrers
 //!            tag at once; `.sig` layers by cosign::verify_layer, Sigstore bundles by
 //!            cosign::bundle per attestor; at least `count` distinct attestors must have signed,
-//!            in either format (single flight)
+//!            in either format (single flight per credential; an allow is shared, a denial
+//!            stays with the credentials that got it)
 //!   -> allowed: forward the pull, then confirm the digest containerd actually stored (I1): a tag
 //!      that moved to an unverified digest during the pull gets the image removed and the pull denied
 //!   -> denied: `SignatureValidationFailed: <image>: <reason>` (or `RegistryUnavailable: ...`),
 //!      status Unknown, which the kubelet shows in the pod's events; nothing reaches the runtime
+//!
+//! CreateContainer(pod_sandbox_id, image)
+//!   -> the pod's namespace from the runtime's record of the sandbox (PodSandboxStatus), never
+//!      from the request; the image from the runtime (ImageStatus: id, repo digests, tags)
+//!   -> a name the caller gives selects a rule only if the runtime holds it for that image
+//!   -> each repo digest decided like a pull; allowed: forwarded pinned to the image id checked
+//!      (the id appended to the original bytes), so the runtime cannot resolve the name again
+//!
+//! RunPodSandbox(config)
+//!   -> the runtime's sandbox image (verbose Status, else `[sandbox] image`, plus pinned images)
+//!   -> held: decided like a create; absent: verified and pulled by cri-guard (then confirmed)
+//!   -> fails: refused (`[sandbox] mode = "enforce"`, the default) or logged (`"warn"`)
 //! ```
 //!
 //! [`Verifier::check_image`] is the same decision without a runtime (`cri-guard verify`).
@@ -23,23 +38,28 @@ pub mod cache;
 pub mod cosign;
 mod discovery;
 pub mod policy;
+pub mod reference;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use bytes::Bytes;
 use oci_client::Reference;
+use prost::Message as _;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
 use crate::cri;
-use crate::proxy::grpc::{Code, Status};
+use crate::proxy::grpc::{Code, Status, Text};
 use crate::proxy::intercept::{BoxFuture, Call, Guard, Verdict};
-use crate::registry::{Auth, Registry, RegistryConfig, RegistryError, valid_digest};
+use crate::registry::{Auth, Budget, Registry, RegistryConfig, RegistryError, valid_digest};
 use cache::{Cache, Key};
 use cosign::Expected;
 use cosign::bundle::{Artifact, BundleExpect, BundleFailure, SIGN_PREDICATE_TYPE, VerifiedBundle};
 use discovery::{Found, Want};
-use policy::{Attestor, Matched, Mode, Policy, Rule, repository_of};
+use policy::{Attestor, Matched, Mode, Policy, Rule, SandboxMode, repository_of};
+use reference::Normal;
 
 /// Media type of cosign signature layers.
 pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -63,6 +83,9 @@ pub enum Outcome {
 pub struct Denial {
     /// The registry could not be reached (the kubelet's `RegistryUnavailable`).
     pub unavailable: bool,
+    /// cri-guard was at its bound of concurrent verifications: nothing was checked, and the
+    /// denial is not cached.
+    pub busy: bool,
     pub reason: String,
     /// The attestations found and what became of each, when attestations were checked.
     pub attestations: Findings,
@@ -86,6 +109,7 @@ impl Denial {
     fn new(reason: impl Into<String>) -> Denial {
         Denial {
             unavailable: false,
+            busy: false,
             reason: reason.into(),
             attestations: Findings::default(),
         }
@@ -94,13 +118,21 @@ impl Denial {
     fn registry(e: &RegistryError, what: &str) -> Denial {
         Denial {
             unavailable: e.is_unavailable(),
+            busy: false,
             reason: format!("{what}: {e}"),
             attestations: Findings::default(),
         }
     }
 
-    /// The gRPC status the kubelet understands (design.md section 3).
+    /// The gRPC status the kubelet understands (design.md section 3). A busy refusal is
+    /// `ResourceExhausted`: not a verdict on the image; the kubelet retries with backoff.
     pub fn status(&self, image: &str) -> Status {
+        if self.busy {
+            return Status::new(
+                Code::ResourceExhausted,
+                format!("cri-guard: {image}: {}", self.reason),
+            );
+        }
         let prefix = if self.unavailable {
             "RegistryUnavailable"
         } else {
@@ -170,7 +202,62 @@ struct State {
     policy: Policy,
     registry: Registry,
     decisions: Cache<Key, Outcome>,
-    resolutions: Cache<(String, Auth), Result<String, Denial>>,
+    /// Tag resolutions, per credential fingerprint (a registry may answer callers differently).
+    resolutions: Cache<(String, [u8; 32]), Result<String, Denial>>,
+    limiter: Limiter,
+}
+
+/// The bound on verifications running at once, with a bounded queue in front of it.
+struct Limiter {
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    running: usize,
+    queue: usize,
+}
+
+/// Counts a caller in the queue while it waits, also when its future is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Limiter {
+    fn new(running: usize, queue: usize) -> Limiter {
+        Limiter {
+            slots: Semaphore::new(running),
+            waiting: AtomicUsize::new(0),
+            running,
+            queue,
+        }
+    }
+
+    /// A verification slot: at once if one is free, after waiting in the queue if there is
+    /// room in it, else a busy refusal (never an allow).
+    async fn enter(&self) -> Result<SemaphorePermit<'_>, Denial> {
+        if let Ok(p) = self.slots.try_acquire() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Denial {
+                busy: true,
+                ..Denial::new(format!(
+                    "not verified now: cri-guard is running its limit of {} verifications with \
+                     {} more waiting (fetch.maxConcurrentVerifications, \
+                     fetch.maxQueuedVerifications); the kubelet retries",
+                    self.running, self.queue
+                ))
+            });
+        }
+        let _waiting = Waiting(&self.waiting);
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| Denial::new("internal: the verification slots are closed"))
+    }
 }
 
 /// The image guard: policy, registry client and caches. Cheap to clone.
@@ -179,11 +266,16 @@ pub struct Verifier {
     state: Arc<RwLock<Arc<State>>>,
     /// The runtime's CRI socket, for confirming what a pull stored and looking up images.
     upstream: Option<PathBuf>,
-    runtime:
-        Arc<OnceLock<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>>>,
-    /// Credentials the kubelet sent with allowed pulls, per registry; in memory only (I6).
-    remembered: Arc<Mutex<HashMap<String, Auth>>>,
+    images: Arc<OnceLock<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>>>,
+    sandboxes:
+        Arc<OnceLock<cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>>>,
+    /// Credentials the kubelet sent with allowed pulls, per registry (the most recently used
+    /// [`MAX_REMEMBERED`] registries); in memory only (I6).
+    remembered: Arc<Mutex<lru::LruCache<String, Auth>>>,
 }
+
+/// Registries whose pull credentials are remembered (pod authors choose registry names).
+const MAX_REMEMBERED: usize = 1024;
 
 impl Verifier {
     /// A verifier for `policy`; `upstream` is the runtime's socket (None: no runtime, e.g. the CLI).
@@ -192,8 +284,11 @@ impl Verifier {
         Ok(Verifier {
             state: Arc::new(RwLock::new(Arc::new(state))),
             upstream,
-            runtime: Arc::new(OnceLock::new()),
-            remembered: Arc::new(Mutex::new(HashMap::new())),
+            images: Arc::new(OnceLock::new()),
+            sandboxes: Arc::new(OnceLock::new()),
+            remembered: Arc::new(Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_REMEMBERED).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))),
         })
     }
 
@@ -208,10 +303,20 @@ impl Verifier {
                 .collect(),
             timeout: policy.fetch.timeout,
             max_manifest_size: policy.fetch.max_manifest_size,
+            token_hosts: policy
+                .registries
+                .iter()
+                .filter(|(_, s)| !s.token_hosts.is_empty())
+                .map(|(n, s)| (n.clone(), s.token_hosts.clone()))
+                .collect(),
         })?;
         Ok(State {
             decisions: Cache::new(policy.cache.size),
             resolutions: Cache::new(policy.cache.size.min(4096)),
+            limiter: Limiter::new(
+                policy.fetch.max_concurrent_verifications,
+                policy.fetch.max_queued_verifications,
+            ),
             registry,
             policy,
         })
@@ -245,9 +350,10 @@ impl Verifier {
         self.current().registry.requests()
     }
 
-    /// Decides on `image` for a pod in `namespace`.
+    /// Decides on `image` for a pod in `namespace`; `auth` are credentials for the image's
+    /// registry (they go to no other host).
     pub async fn check_image(&self, image: &str, namespace: &str, auth: &Auth) -> Decision {
-        match image.parse::<Reference>() {
+        match reference::parse(image) {
             Ok(reference) => {
                 self.check_reference(&reference, None, namespace, auth)
                     .await
@@ -293,15 +399,7 @@ impl Verifier {
             return d;
         }
         let Matched::Rule(index, rule) = matched else {
-            d.outcome = Some(Outcome::Denied(Denial::new(format!(
-                "no policy rule matches this image{} (policy default: {})",
-                if namespace.is_empty() {
-                    String::new()
-                } else {
-                    format!(" in namespace {namespace}")
-                },
-                d.mode.as_str()
-            ))));
+            d.outcome = Some(Outcome::Denied(no_rule(namespace, d.mode)));
             d.allowed = d.mode == Mode::Audit;
             return d;
         };
@@ -310,6 +408,7 @@ impl Verifier {
         if tokio::time::timeout(timeout, work).await.is_err() {
             d.outcome = Some(Outcome::Denied(Denial {
                 unavailable: true,
+                busy: false,
                 reason: format!(
                     "verification did not finish within {timeout:?} (fetch.verifyTimeout)"
                 ),
@@ -361,7 +460,7 @@ impl Verifier {
                 Err(Denial::new(format!("{digest} is not a sha256 digest")))
             };
         }
-        let key = (reference.whole(), auth.clone());
+        let key = (reference.whole(), auth.fingerprint());
         let ttl = state.policy.cache.resolve_ttl;
         let neg = state.policy.cache.negative_ttl;
         state
@@ -382,6 +481,10 @@ impl Verifier {
     }
 
     /// The (cached) outcome of verifying `digest` of `reference` under `rule`.
+    ///
+    /// An allow is looked up and stored without a credential (anyone may share it); the
+    /// verification itself, and a denial, are keyed by the caller's credential fingerprint, so a
+    /// denial that missing or refused credentials caused is never served to other credentials.
     async fn verify_digest(
         &self,
         state: &State,
@@ -401,37 +504,65 @@ impl Verifier {
             cosign::IdentityMatch::Exact => reference.whole(),
             _ => repository_of(reference),
         };
-        let key = Key {
+        let shared = Key {
             scope: scope.into(),
             digest: raw,
             generation: state.policy.generation,
             rule: index,
+            credential: None,
         };
+        if let Some(o) = state.decisions.lookup(&shared) {
+            return (o, true);
+        }
+        let key = Key {
+            credential: Some(auth.fingerprint()),
+            ..shared.clone()
+        };
+        let own = key.clone();
+        let fetch = &state.policy.fetch;
         let (ttl, neg) = (state.policy.cache.ttl, state.policy.cache.negative_ttl);
         state
             .decisions
-            .get_or_fill(
+            .get_or_fill_with(
                 key,
-                || verify_image(state, reference, rule, digest, auth),
-                |o| {
-                    if matches!(o, Outcome::Verified { .. }) {
-                        ttl
-                    } else {
-                        neg
-                    }
+                || async {
+                    let _slot = match state.limiter.enter().await {
+                        Ok(slot) => slot,
+                        Err(busy) => return Outcome::Denied(busy),
+                    };
+                    Budget::new(fetch.max_verification_bytes, fetch.max_verification_blobs)
+                        .scope(verify_image(state, reference, rule, digest, auth))
+                        .await
+                },
+                move |o| match o {
+                    Outcome::Verified { .. } => Some((shared, ttl)),
+                    Outcome::Denied(d) if d.busy => None,
+                    Outcome::Denied(_) => Some((own, neg)),
                 },
             )
             .await
     }
 
     /// A client of the runtime's ImageService (connects lazily, reconnects by itself).
-    fn runtime(
+    fn images(
         &self,
     ) -> Option<cri::image_service_client::ImageServiceClient<tonic::transport::Channel>> {
         let upstream = self.upstream.as_ref()?;
         Some(
-            self.runtime
+            self.images
                 .get_or_init(|| cri::image_client(upstream))
+                .clone(),
+        )
+    }
+
+    /// A client of the runtime's RuntimeService (connects lazily, reconnects by itself).
+    fn sandboxes(
+        &self,
+    ) -> Option<cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>> {
+        let upstream = self.upstream.as_ref()?;
+        Some(
+            self.sandboxes
+                .get_or_init(|| cri::runtime_client(upstream))
                 .clone(),
         )
     }
@@ -459,23 +590,69 @@ impl Verifier {
             self.remembered
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(registry.to_string(), auth.clone());
+                .put(registry.to_string(), auth.clone());
         }
     }
 
-    /// Decides whether a container may be created from the image `req` names (invariant I2).
+    /// What the runtime holds under `image` (a name or an id), if anything.
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, String> {
+        let Some(mut runtime) = self.images() else {
+            return Err("cri-guard has no runtime to look the image up in".into());
+        };
+        runtime
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map(|r| r.into_inner().image)
+            .map_err(|e| format!("cannot look the image up in the runtime: {}", e.message()))
+    }
+
+    /// The namespace of sandbox `id` as the runtime recorded it.
+    async fn sandbox_namespace(&self, id: &str) -> Result<String, String> {
+        if id.is_empty() {
+            return Err("the request names no pod sandbox".into());
+        }
+        let Some(mut runtime) = self.sandboxes() else {
+            return Err("cri-guard has no runtime to look the pod sandbox up in".into());
+        };
+        let status = runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot look the pod sandbox {id} up in the runtime: {}",
+                    e.message()
+                )
+            })?
+            .into_inner();
+        status
+            .status
+            .and_then(|s| s.metadata)
+            .map(|m| m.namespace)
+            .ok_or_else(|| format!("the runtime reports no metadata for pod sandbox {id}"))
+    }
+
+    /// Decides whether a container may be created from the image `req` names (invariant I2);
+    /// returns the decision and, when `req` names the image other than by the id checked, the
+    /// field to append so the runtime creates it from exactly that image.
     ///
-    /// The runtime is asked what the image is (ImageStatus: id, repo digests, tags). The name
-    /// the kubelet used (`user_specified_image`, else `image` when it is a name) picks the rule
-    /// for its repository; each repo digest the runtime holds is then verified, that repository's
-    /// first, each under the rule for its own repository in the pod's namespace. The container
-    /// is allowed if one of them is allowed. An image without any repo digest (built or imported
-    /// on the node) can only be allowed by a `skip` (or `audit`) rule for one of its names.
+    /// Nothing in the request is trusted: the pod's namespace is the runtime's record of the
+    /// sandbox `pod_sandbox_id` (PodSandboxStatus), not the request's `sandbox_config`; the
+    /// image is what the runtime holds (ImageStatus: id, repo digests, tags); a name the
+    /// request gives (`user_specified_image`, `image`) selects a rule only if the runtime holds
+    /// that name for that image. See [`Verifier::check_held`].
     pub async fn check_create(
         &self,
         req: &cri::CreateContainerRequest,
-        namespace: &str,
-    ) -> Result<Decision, Status> {
+    ) -> Result<(Decision, Option<Bytes>), Status> {
         let spec = req.config.as_ref().and_then(|c| c.image.as_ref());
         let (image, user) = spec
             .map(|s| (s.image.as_str(), s.user_specified_image.as_str()))
@@ -485,69 +662,94 @@ impl Verifier {
         if image.is_empty() {
             return Err(deny("the container config names no image".into()));
         }
-        let Some(mut runtime) = self.runtime() else {
-            return Err(deny(
-                "cri-guard has no runtime to look the image up in".into(),
-            ));
-        };
-        let status = runtime
-            .image_status(cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec {
-                    image: image.to_string(),
-                    ..Default::default()
-                }),
-                verbose: false,
-            })
+        let namespace = self
+            .sandbox_namespace(&req.pod_sandbox_id)
             .await
-            .map_err(|e| {
-                deny(format!(
-                    "cannot look the image up in the runtime: {}",
-                    e.message()
-                ))
-            })?;
-        let Some(found) = status.into_inner().image else {
+            .map_err(deny)?;
+        let Some(found) = self.image_status(image).await.map_err(deny)? else {
             return Err(deny(format!("the runtime has no image {image}")));
         };
-        let named = [user, image]
-            .into_iter()
+        let d = self
+            .check_held(&found, &[user, image], &namespace)
+            .await
+            .map_err(deny)?;
+        let pin = (image != found.id).then(|| {
+            cri::CreateContainerRequest {
+                config: Some(cri::ContainerConfig {
+                    image: Some(cri::ImageSpec {
+                        image: found.id.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into()
+        });
+        Ok((d, pin))
+    }
+
+    /// Decides on an image the runtime holds, for a pod in `namespace`.
+    ///
+    /// `names` are what the caller called the image; one selects a rule only if the runtime
+    /// holds that name for this image (a tag among its repo tags, a digest reference among its
+    /// repo digests). Each repo digest is verified, the held name's repository first, each under
+    /// the rule for its own repository (the held name, when it is that repository). Allowed if
+    /// one of them is. An image without any repo digest (built or imported on the node) can
+    /// only be allowed by a `skip` (or `audit`) rule for a name it holds.
+    async fn check_held(
+        &self,
+        found: &cri::Image,
+        names: &[&str],
+        namespace: &str,
+    ) -> Result<Decision, String> {
+        let named = names
+            .iter()
             .filter(|n| !n.is_empty() && !n.starts_with("sha256:"))
-            .find_map(|n| n.parse::<Reference>().ok());
+            .filter_map(|n| reference::parse(n).ok())
+            .find(|r| holds(found, r));
+        let named_repo = named.as_ref().map(|n| Normal::of(n).repository());
         let mut digests: Vec<(Reference, String)> = found
             .repo_digests
             .iter()
             .filter_map(|rd| {
-                let (name, digest) = rd.split_once('@')?;
-                Some((name.parse::<Reference>().ok()?, digest.to_string()))
+                let r = reference::parse(rd).ok()?;
+                let d = r.digest()?.to_string();
+                Some((r, d))
             })
             .collect();
-        let named_repo = named.as_ref().map(repository_of);
-        digests.sort_by_key(|(r, _)| Some(repository_of(r)) != named_repo);
+        digests.sort_by_key(|(r, _)| Some(Normal::of(r).repository()) != named_repo);
 
         if digests.is_empty() {
+            let state = self.current();
             let names = named.iter().cloned().chain(
                 found
                     .repo_tags
                     .iter()
-                    .filter_map(|t| t.parse::<Reference>().ok()),
+                    .filter_map(|t| reference::parse(t).ok()),
             );
             for name in names {
-                let d = self
-                    .check_reference(&name, None, namespace, &Auth::Anonymous)
-                    .await;
-                if d.mode == Mode::Skip || (d.mode == Mode::Audit && d.allowed) {
-                    return Ok(d);
+                let matched = state.policy.matching(&name, namespace);
+                if matches!(matched.mode(), Mode::Skip | Mode::Audit) {
+                    let audit = matched.mode() == Mode::Audit;
+                    return Ok(Decision {
+                        image: name.whole(),
+                        digest: None,
+                        rule: matched.name().to_string(),
+                        mode: matched.mode(),
+                        outcome: audit.then(|| Outcome::Denied(Denial::new(no_digest(&found.id)))),
+                        cached: false,
+                        allowed: true,
+                    });
                 }
             }
-            return Err(deny(format!(
-                "image {} has no registry digest (built or imported on the node), so it carries no \
-                 signature; only a `skip` rule for its name can allow it",
-                found.id
-            )));
+            return Err(no_digest(&found.id));
         }
         let mut reasons = Vec::new();
         for (repo, digest) in &digests {
             let rule_ref = match &named {
-                Some(n) if repository_of(n) == repository_of(repo) => n.clone(),
+                Some(n) if Normal::of(n).repository() == Normal::of(repo).repository() => n.clone(),
                 _ => repo.clone(),
             };
             let auth = self.auth_for(repo.registry());
@@ -559,29 +761,177 @@ impl Verifier {
             }
             reasons.push(format!("{}@{digest}: {}", repository_of(repo), d.reason()));
         }
-        Err(deny(format!(
+        Err(format!(
             "no digest of this image passes the policy: {}",
             reasons.join("; ")
-        )))
+        ))
     }
 
-    /// The runtime's sandbox (pause) image, from its verbose Status (containerd reports its CRI
-    /// config there), and the decision the policy gives it. The runtime pulls this image itself,
-    /// never through PullImage, so cri-guard checks it at start and on every policy reload.
-    pub async fn check_sandbox_image(&self) -> Option<Decision> {
-        let upstream = self.upstream.as_ref()?;
-        let status = cri::runtime_client(upstream)
+    /// The names of the runtime's sandbox (pause) image, and where they come from.
+    ///
+    /// containerd 1.x reports it in its verbose Status (`config.sandboxImage`); containerd 2.x
+    /// does not report it over CRI at all until the image is pulled, and then marks it `pinned`.
+    /// So: the verbose Status; else the policy's `[sandbox] image`; plus the id of every image
+    /// the runtime lists as pinned. Empty: nothing says which image the runtime will use.
+    async fn sandbox_images(&self) -> Result<Vec<String>, String> {
+        let Some(mut runtime) = self.sandboxes() else {
+            return Err("cri-guard has no runtime to ask".into());
+        };
+        let status = runtime
             .status(cri::StatusRequest { verbose: true })
             .await
-            .ok()?
+            .map_err(|e| format!("the runtime's Status failed: {}", e.message()))?
             .into_inner();
-        let config: serde_json::Value = serde_json::from_str(status.info.get("config")?).ok()?;
-        let image = config.get("sandboxImage")?.as_str()?.to_string();
-        let registry = image.parse::<Reference>().ok()?.registry().to_string();
-        Some(
-            self.check_image(&image, "", &self.auth_for(&registry))
-                .await,
-        )
+        let reported = status
+            .info
+            .get("config")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|c| c.get("sandboxImage")?.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty());
+        if let Some(name) = reported {
+            return Ok(vec![name]);
+        }
+        let mut names: Vec<String> = self
+            .current()
+            .policy
+            .sandbox
+            .image
+            .iter()
+            .cloned()
+            .collect();
+        let Some(mut images) = self.images() else {
+            return Ok(names);
+        };
+        let listed = images
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .map_err(|e| format!("the runtime's ListImages failed: {}", e.message()))?
+            .into_inner();
+        names.extend(listed.images.into_iter().filter(|i| i.pinned).map(|i| i.id));
+        Ok(names)
+    }
+
+    /// The runtime's sandbox (pause) image and the decision the policy gives it: on what the
+    /// runtime holds, else on what the registry has; nothing is pulled. For the report at
+    /// start and after a reload.
+    pub async fn check_sandbox_image(&self) -> Option<Decision> {
+        let name = self.sandbox_images().await.ok()?.into_iter().next()?;
+        if let Ok(Some(found)) = self.image_status(&name).await {
+            let d = self.check_held(&found, &[&name], "").await;
+            return Some(d.unwrap_or_else(|reason| Decision {
+                image: name.clone(),
+                digest: None,
+                rule: "(none)".into(),
+                mode: Mode::Enforce,
+                outcome: Some(Outcome::Denied(Denial::new(reason))),
+                cached: false,
+                allowed: false,
+            }));
+        }
+        let registry = reference::parse(&name).ok()?.registry().to_string();
+        Some(self.check_image(&name, "", &self.auth_for(&registry)).await)
+    }
+
+    /// Decides on a RunPodSandbox: the runtime's sandbox image must pass the policy for the
+    /// pod's namespace. An image the runtime holds is decided like a create's; one it does not
+    /// hold yet is verified, then pulled by cri-guard and confirmed (so the runtime finds the
+    /// verified image and pulls nothing itself). `[sandbox] mode = "warn"` logs a failure
+    /// instead of refusing.
+    pub async fn check_sandbox(&self, req: &cri::RunPodSandboxRequest) -> Result<(), Status> {
+        let namespace = req
+            .config
+            .as_ref()
+            .and_then(|c| c.metadata.as_ref())
+            .map(|m| m.namespace.clone())
+            .unwrap_or_default();
+        let mode = self.current().policy.sandbox.mode;
+        let result = self.sandbox_decision(&namespace).await;
+        match (result, mode) {
+            (Ok(()), _) => Ok(()),
+            (Err(status), SandboxMode::Warn) => {
+                warn!(namespace = %Text(&namespace), reason = %Text(&status.message),
+                    "sandbox image fails the policy; running the sandbox anyway ([sandbox] mode = \"warn\")");
+                Ok(())
+            }
+            (Err(status), SandboxMode::Enforce) => Err(status),
+        }
+    }
+
+    async fn sandbox_decision(&self, namespace: &str) -> Result<(), Status> {
+        let names = self.sandbox_images().await.map_err(|e| {
+            Denial::new(format!(
+                "cannot tell which sandbox image the runtime uses: {e}"
+            ))
+            .status("(sandbox image)")
+        })?;
+        if names.is_empty() {
+            return Err(Denial::new(
+                "cannot tell which sandbox image the runtime uses: it does not report it before \
+                 pulling it (containerd 2.x); set `[sandbox] image` in the policy to the runtime's \
+                 sandbox image (containerd 2.x: pinned_images.sandbox of the \
+                 io.containerd.cri.v1.images plugin)",
+            )
+            .status("(sandbox image)"));
+        }
+        for name in &names {
+            let deny = |reason: String| Denial::new(reason).status(name);
+            if let Some(found) = self.image_status(name).await.map_err(deny)? {
+                let d = self
+                    .check_held(&found, &[name], namespace)
+                    .await
+                    .map_err(deny)?;
+                info!(image = %Text(name), namespace = %Text(namespace), rule = %d.rule,
+                      reason = %Text(&d.reason()), "sandbox image allowed");
+                continue;
+            }
+            // Not on the node yet: decide on what the registry has, then pull it ourselves
+            // and confirm what the runtime stored.
+            let reference = reference::parse(name)
+                .map_err(|e| deny(format!("not a valid image reference: {e}")))?;
+            let auth = self.auth_for(reference.registry());
+            let d = self.check_image(name, namespace, &auth).await;
+            if !d.allowed {
+                return Err(match &d.outcome {
+                    Some(Outcome::Denied(denial)) => denial.status(name),
+                    _ => deny(d.reason()),
+                });
+            }
+            let (Some(digest), Some(Outcome::Verified { .. })) = (&d.digest, &d.outcome) else {
+                // skip or audit: the runtime may pull it itself.
+                continue;
+            };
+            let Some(mut images) = self.images() else {
+                return Err(deny("cri-guard has no runtime to pull into".into()));
+            };
+            let pulled = images
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: name.clone(),
+                        ..Default::default()
+                    }),
+                    auth: to_cri_auth(&auth),
+                    sandbox_config: None,
+                })
+                .await
+                .map_err(|e| {
+                    deny(format!(
+                        "cri-guard could not pull the sandbox image: {}",
+                        e.message()
+                    ))
+                })?
+                .into_inner();
+            self.clone()
+                .confirm_pull(
+                    reference,
+                    namespace.to_string(),
+                    auth,
+                    digest.clone(),
+                    pulled,
+                )
+                .await?;
+            info!(image = %Text(name), digest = %digest, "sandbox image verified and pulled");
+        }
+        Ok(())
     }
 
     /// After an allowed pull: the digests containerd recorded for this repository must include a
@@ -595,14 +945,14 @@ impl Verifier {
         pulled: cri::PullImageResponse,
     ) -> Result<(), Status> {
         let image = reference.whole();
-        let Some(mut client) = self.runtime() else {
+        let Some(mut client) = self.images() else {
             return Ok(());
         };
         let spec = Some(cri::ImageSpec {
             image: pulled.image_ref.clone(),
             ..Default::default()
         });
-        let repo = repository_of(&reference);
+        let repo = Normal::of(&reference).repository();
         let stored: Vec<String> = match client
             .image_status(cri::ImageStatusRequest {
                 image: spec.clone(),
@@ -617,13 +967,13 @@ impl Verifier {
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|rd| {
-                    rd.split_once('@')
-                        .filter(|(n, _)| *n == repo)
-                        .map(|(_, d)| d.to_string())
+                    let r = reference::parse(&rd).ok()?;
+                    let d = r.digest()?.to_string();
+                    (Normal::of(&r).repository() == repo).then_some(d)
                 })
                 .collect(),
             Err(e) => {
-                warn!(image, error = %e.message(), "cannot read what the runtime stored");
+                warn!(image = %Text(&image), error = %Text(e.message()), "cannot read what the runtime stored");
                 Vec::new()
             }
         };
@@ -653,8 +1003,72 @@ impl Verifier {
         let removed = client
             .remove_image(cri::RemoveImageRequest { image: spec })
             .await;
-        warn!(image, stored = ?stored, removed = removed.is_ok(), "pulled digest not verified; image removed");
+        warn!(image = %Text(&image), stored = ?stored, removed = removed.is_ok(), "pulled digest not verified; image removed");
         Err(Denial::new(why).status(&image))
+    }
+}
+
+/// Whether the runtime holds name `r` for image `found`.
+fn holds(found: &cri::Image, r: &Reference) -> bool {
+    let n = Normal::of(r);
+    let list = if r.digest().is_some() {
+        &found.repo_digests
+    } else {
+        &found.repo_tags
+    };
+    list.iter()
+        .filter_map(|x| reference::parse(x).ok())
+        .any(|x| Normal::of(&x) == n)
+}
+
+fn no_rule(namespace: &str, mode: Mode) -> Denial {
+    Denial::new(format!(
+        "no policy rule matches this image{} (policy default: {})",
+        if namespace.is_empty() {
+            String::new()
+        } else {
+            format!(" in namespace {namespace}")
+        },
+        mode.as_str()
+    ))
+}
+
+fn no_digest(id: &str) -> String {
+    format!(
+        "image {id} has no registry digest (built or imported on the node), so it carries no \
+         signature; only a `skip` rule for a name the runtime holds for it can allow it"
+    )
+}
+
+/// The CRI form of credentials cri-guard holds (None: the runtime uses its own configuration).
+fn to_cri_auth(auth: &Auth) -> Option<cri::AuthConfig> {
+    match auth {
+        Auth::Anonymous => None,
+        Auth::Basic { username, password } => Some(cri::AuthConfig {
+            username: username.clone(),
+            password: password.clone(),
+            ..Default::default()
+        }),
+        Auth::Bearer(t) => Some(cri::AuthConfig {
+            registry_token: t.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+impl State {
+    /// The credentials to fetch from `repo` for an image at `image`: the caller's `auth` (given
+    /// for the image's registry) only if `repo` is on that registry; for another registry (a
+    /// `signaturesRepository` elsewhere) the node's credentials for it, or none (I6).
+    fn auth_for_repo(&self, repo: &Reference, image: &Reference, auth: &Auth) -> Auth {
+        if repo.registry() == image.registry() {
+            return auth.clone();
+        }
+        self.policy
+            .node_credentials
+            .get(repo.registry())
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -668,6 +1082,8 @@ async fn verify_image(
     auth: &Auth,
 ) -> Outcome {
     let repo = rule.signatures_repository.as_ref().unwrap_or(reference);
+    // Credentials given for the image's registry go to no other (I6).
+    let auth = &state.auth_for_repo(repo, reference, auth);
     let needs_attestations = !rule.attestations.is_empty();
     let mut found = discovery::discover(state, repo, digest, needs_attestations, auth).await;
     let attestors =
@@ -872,68 +1288,94 @@ fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
 impl Guard for Verifier {
     fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
-            let req = match call {
-                Call::Pull(req) => req,
-                Call::Create(req) => {
-                    let namespace = call.namespace();
-                    return match self.check_create(req, namespace).await {
-                        Ok(d) => {
-                            if matches!(d.outcome, Some(Outcome::Denied(_))) {
-                                warn!(image = %d.image, namespace, rule = %d.rule, reason = %d.reason(), "audit: would have denied this container");
-                            }
-                            info!(image = %d.image, digest = d.digest.as_deref().unwrap_or(""), namespace, rule = %d.rule,
-                                  cached = d.cached, reason = %d.reason(), "create decision: allowed");
-                            Verdict::Forward
-                        }
-                        Err(status) => {
-                            info!(namespace, reason = %status.message, "create decision: denied");
-                            Verdict::Deny(status)
-                        }
-                    };
-                }
-            };
-            let image = call.image().to_string();
-            let namespace = call.namespace().to_string();
-            let auth = Auth::from_cri(req.auth.as_ref());
-            let d = self.check_image(&image, &namespace, &auth).await;
-            let (hits, misses, runs) = self.stats();
-            info!(
-                image = %image,
-                namespace = %namespace,
-                digest = d.digest.as_deref().unwrap_or(""),
-                rule = %d.rule,
-                mode = d.mode.as_str(),
-                allowed = d.allowed,
-                cached = d.cached,
-                reason = %d.reason(),
-                cache_hits = hits,
-                cache_misses = misses,
-                verifications = runs,
-                "pull decision"
-            );
-            match (&d.outcome, d.allowed) {
-                (Some(Outcome::Denied(denial)), false) => Verdict::Deny(denial.status(&image)),
-                (_, false) => Verdict::Deny(Denial::new(d.reason()).status(&image)),
-                (Some(Outcome::Denied(_)), true) => {
-                    warn!(image = %image, namespace = %namespace, rule = %d.rule, reason = %d.reason(), "audit: would have denied this pull");
-                    Verdict::Forward
-                }
-                (Some(Outcome::Verified { .. }), true) => {
-                    let (Some(digest), Ok(reference)) =
-                        (d.digest.clone(), image.parse::<Reference>())
-                    else {
-                        return Verdict::Deny(
-                            Denial::new("internal: verified without a digest").status(&image),
-                        );
-                    };
-                    self.remember(reference.registry(), &auth);
-                    let this = self.clone();
-                    Verdict::ForwardThen(Box::new(move |pulled| {
-                        Box::pin(this.confirm_pull(reference, namespace, auth, digest, pulled))
-                    }))
-                }
-                (None, true) => Verdict::Forward,
+            match call {
+                Call::Pull(req) => self.decide_pull(req).await,
+                Call::Create(req) => self.decide_create(req).await,
+                Call::RunSandbox(req) => match self.check_sandbox(req).await {
+                    Ok(()) => Verdict::Forward,
+                    Err(status) => {
+                        info!(reason = %Text(&status.message), "sandbox decision: denied");
+                        Verdict::Deny(status)
+                    }
+                },
             }
         })
+    }
+}
+
+impl Verifier {
+    async fn decide_create(&self, req: &cri::CreateContainerRequest) -> Verdict {
+        match self.check_create(req).await {
+            Ok((d, pin)) => {
+                if matches!(d.outcome, Some(Outcome::Denied(_))) {
+                    warn!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
+                          "audit: would have denied this container");
+                }
+                info!(image = %Text(&d.image), digest = d.digest.as_deref().unwrap_or(""),
+                      rule = %d.rule, cached = d.cached, pinned = pin.is_some(),
+                      reason = %Text(&d.reason()), "create decision: allowed");
+                match pin {
+                    Some(field) => Verdict::ForwardAppended(field),
+                    None => Verdict::Forward,
+                }
+            }
+            Err(status) => {
+                info!(reason = %Text(&status.message), "create decision: denied");
+                Verdict::Deny(status)
+            }
+        }
+    }
+
+    async fn decide_pull(&self, req: &cri::PullImageRequest) -> Verdict {
+        let image = req.image.as_ref().map(|s| s.image.as_str()).unwrap_or("");
+        // The namespace a pull claims is the kubelet's word (no sandbox the runtime knows yet):
+        // it decides what may enter the store, never what runs (see docs/threat-model.md).
+        let namespace = req
+            .sandbox_config
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| m.namespace.as_str())
+            .unwrap_or("");
+        let auth = Auth::from_cri(req.auth.as_ref());
+        let d = self.check_image(image, namespace, &auth).await;
+        let (hits, misses, runs) = self.stats();
+        info!(
+            image = %Text(image),
+            namespace = %Text(namespace),
+            digest = d.digest.as_deref().unwrap_or(""),
+            rule = %d.rule,
+            mode = d.mode.as_str(),
+            allowed = d.allowed,
+            cached = d.cached,
+            reason = %Text(&d.reason()),
+            cache_hits = hits,
+            cache_misses = misses,
+            verifications = runs,
+            "pull decision"
+        );
+        match (&d.outcome, d.allowed) {
+            (Some(Outcome::Denied(denial)), false) => Verdict::Deny(denial.status(image)),
+            (_, false) => Verdict::Deny(Denial::new(d.reason()).status(image)),
+            (Some(Outcome::Denied(_)), true) => {
+                warn!(image = %Text(image), namespace = %Text(namespace), rule = %d.rule,
+                      reason = %Text(&d.reason()), "audit: would have denied this pull");
+                Verdict::Forward
+            }
+            (Some(Outcome::Verified { .. }), true) => {
+                let (Some(digest), Ok(reference)) = (d.digest.clone(), reference::parse(image))
+                else {
+                    return Verdict::Deny(
+                        Denial::new("internal: verified without a digest").status(image),
+                    );
+                };
+                self.remember(reference.registry(), &auth);
+                let this = self.clone();
+                let namespace = namespace.to_string();
+                Verdict::ForwardThen(Box::new(move |pulled| {
+                    Box::pin(this.confirm_pull(reference, namespace, auth, digest, pulled))
+                }))
+            }
+            (None, true) => Verdict::Forward,
+        }
     }
 }

@@ -12,6 +12,13 @@
 //!
 //! [registries."registry.local:5000"]
 //! insecure = true                # plain HTTP (also learned from hostsDir)
+//! [registries."registry.gitlab.com"]
+//! tokenHosts = ["gitlab.com"]    # other hosts that may get its credentials as its token service
+//!                                # (auth.docker.io is built in for docker.io)
+//!
+//! [sandbox]                      # optional: the runtime's sandbox (pause) image
+//! mode = "enforce"               # enforce: refuse RunPodSandbox while it fails the policy | warn
+//! # image = "registry.k8s.io/pause:3.10"  # for runtimes that don't report it (containerd 2.x)
 //!
 //! [[rules]]
 //! name = "pause"
@@ -67,14 +74,18 @@
 //! maxManifestSize = "4MiB"
 //! maxSignatureSize = "1MiB"
 //! maxAttestationSize = "16MiB"   # one attestation layer or bundle (an SBOM can be large)
+//! maxVerificationBytes = "20MiB" # all a verification fetches (manifests and layers)
+//! maxVerificationBlobs = 128     # layers a verification fetches
+//! maxConcurrentVerifications = 4 # verifications running at once
+//! maxQueuedVerifications = 128   # waiting for a slot; beyond: refused at once (not cached)
 //! maxReferrers = 128             # OCI referrers of an image looked at (Sigstore bundles)
 //! ```
 //!
 //! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
-//! A pattern is matched against the normalized image (`docker.io/library/nginx:1.25`,
-//! `registry.example.com/app@sha256:..`) and against its repository alone
-//! (`registry.example.com/app`); `*` matches any run of characters (including `/` and `:`), `?`
-//! one character.
+//! Images are matched in their normalized form ([`Normal`]: host in lower case without `:443`,
+//! Docker Hub as `docker.io/library/..`, `path:tag` or, with a digest, `path@digest`); see
+//! [`Pattern`] for how a pattern matches, and docs/policy.md for the rules side by side with
+//! Kyverno's.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -88,6 +99,7 @@ use super::cosign::{
     Authority, CertAuthority, CertIdentity, IdentityMatch, Matcher, PublicKey, RekorKeys,
     RootBuilder, Transparency, TrustedRoot, pem_certificates,
 };
+use super::reference::{Normal, normal_host};
 use crate::config::{ConfigErrors, parse_duration, parse_size};
 use crate::registry::Auth;
 
@@ -132,7 +144,7 @@ pub const MAX_MIN_TIMESTAMPS: i64 = 8;
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
-    pub image_references: Vec<String>,
+    pub image_references: Vec<Pattern>,
     /// Namespace patterns; empty means every namespace.
     pub namespaces: Vec<String>,
     pub mode: Mode,
@@ -162,6 +174,9 @@ pub struct AttestationRule {
 pub struct RegistrySettings {
     /// Speak plain HTTP to it.
     pub insecure: bool,
+    /// Hosts other than the registry's own that may receive its credentials as a token
+    /// service (the `realm` of its bearer challenge), e.g. `auth.docker.io` for `docker.io`.
+    pub token_hosts: Vec<String>,
 }
 
 /// Cache sizes and lifetimes.
@@ -184,6 +199,15 @@ pub struct FetchSettings {
     pub max_attestation_size: usize,
     /// Most OCI referrers of an image (all pages together) looked at; more is a denial.
     pub max_referrers: usize,
+    /// Bytes one verification may fetch in all (manifests and blobs): bounds the memory a
+    /// verification holds, whatever a registry lists.
+    pub max_verification_bytes: usize,
+    /// Blobs (signature and attestation layers) one verification may fetch.
+    pub max_verification_blobs: usize,
+    /// Verifications running at once; more wait in a queue.
+    pub max_concurrent_verifications: usize,
+    /// Verifications waiting for a slot; over it, a verification is refused at once.
+    pub max_queued_verifications: usize,
 }
 
 impl Default for CacheSettings {
@@ -206,6 +230,10 @@ impl Default for FetchSettings {
             max_signature_size: 1 << 20,
             max_attestation_size: 16 << 20,
             max_referrers: 128,
+            max_verification_bytes: 20 << 20,
+            max_verification_blobs: 128,
+            max_concurrent_verifications: 4,
+            max_queued_verifications: 128,
         }
     }
 }
@@ -224,6 +252,35 @@ pub struct Policy {
     pub node_credentials: BTreeMap<String, Auth>,
     pub cache: CacheSettings,
     pub fetch: FetchSettings,
+    pub sandbox: SandboxSettings,
+}
+
+/// What RunPodSandbox does when the runtime's sandbox (pause) image fails the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Refuse RunPodSandbox (the default: the pause container is a container too).
+    Enforce,
+    /// Log the failure and let the sandbox run.
+    Warn,
+}
+
+/// The `[sandbox]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    /// The runtime's sandbox image, for runtimes that do not report it over CRI before they
+    /// have pulled it (containerd 2.x: `pinned_images.sandbox` of the
+    /// `io.containerd.cri.v1.images` plugin).
+    pub image: Option<String>,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            mode: SandboxMode::Enforce,
+            image: None,
+        }
+    }
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -286,15 +343,12 @@ impl Policy {
         }
     }
 
-    /// The first rule matching `image` in `namespace`, else the default.
+    /// The first rule matching `image` in `namespace`, else the default. The image is matched
+    /// in its normalized form ([`Normal`]; see [`Pattern`] for how).
     pub fn matching(&self, image: &Reference, namespace: &str) -> Matched<'_> {
-        let full = image.whole();
-        let repo = repository_of(image);
+        let image = Normal::of(image);
         for (i, rule) in self.rules.iter().enumerate() {
-            let image_ok = rule
-                .image_references
-                .iter()
-                .any(|p| glob_match(p, &full) || glob_match(p, &repo));
+            let image_ok = rule.image_references.iter().any(|p| p.matches(&image));
             let ns_ok = rule.namespaces.is_empty()
                 || rule.namespaces.iter().any(|p| glob_match(p, namespace));
             if image_ok && ns_ok {
@@ -375,6 +429,92 @@ pub fn repository_of(r: &Reference) -> String {
     format!("{}/{}", r.registry(), r.repository())
 }
 
+/// One `imageReferences` pattern, compiled once.
+///
+/// A pattern is `HOST/REST`: its first `/`-separated component is the host part when it
+/// contains `.`, `:`, `*` or `?`, is `localhost`, or has an upper-case letter (the runtime's
+/// rule for references, plus wildcards); otherwise the pattern is a Docker Hub name and is
+/// normalized like a reference (`nginx:*` is `docker.io/library/nginx:*`). The host part is
+/// normalized like an image's host (lower case, no `:443`, Docker Hub's names as `docker.io`)
+/// and matched against the image's host alone, so a wildcard there never reaches the path.
+/// The rest is matched against the image's `path:tag` or `path@digest` (a digest reference
+/// has no tag here) and against its path alone; `*` there spans any characters, `/` too.
+/// The pattern `*` matches every image. A pattern without `/` that starts with a wildcard
+/// (`*nginx*`, `*:latest`) is refused: it can only have meant any registry, so write that
+/// (`*/*nginx*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    /// As written, for messages.
+    pub text: String,
+    /// Normalized host glob; `None` for the match-all pattern `*`.
+    host: Option<String>,
+    /// Glob over `path[:tag|@digest]`.
+    rest: String,
+}
+
+impl Pattern {
+    /// Compiles `text`, or says why it is not a pattern.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        if text == "*" {
+            return Ok(Pattern {
+                text: text.into(),
+                host: None,
+                rest: "*".into(),
+            });
+        }
+        let (host, rest) = match text.split_once('/') {
+            Some((first, rest))
+                if first.contains(['.', ':', '*', '?'])
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            {
+                (normal_host(first), rest.to_string())
+            }
+            Some(_) => ("docker.io".to_string(), text.to_string()),
+            None if text.starts_with(['*', '?']) => {
+                return Err(format!(
+                    "pattern {text:?} starts with a wildcard but has no registry part; write the registry \
+                     too, e.g. \"*/{text}\" for any registry or \"docker.io/{text}\""
+                ));
+            }
+            None => ("docker.io".to_string(), format!("library/{text}")),
+        };
+        if rest.is_empty() {
+            return Err(format!(
+                "pattern {text:?} names no repository after the registry; add one, e.g. \"{text}*\""
+            ));
+        }
+        Ok(Pattern {
+            text: text.into(),
+            host: Some(host),
+            rest,
+        })
+    }
+
+    /// Whether the normalized image matches.
+    pub fn matches(&self, image: &Normal) -> bool {
+        let Some(host) = &self.host else {
+            return true;
+        };
+        if !glob_match(host, &image.host) {
+            return false;
+        }
+        if glob_match(&self.rest, &image.path) {
+            return true;
+        }
+        let mut subject = String::with_capacity(image.path.len() + image.suffix.len());
+        subject.push_str(&image.path);
+        subject.push_str(&image.suffix);
+        glob_match(&self.rest, &subject)
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Glob match: `*` any run of characters, `?` exactly one; everything else literal. Works on
 /// bytes (image references and namespaces are ASCII; a non-ASCII character is several bytes,
 /// which `*` spans and literal bytes compare exactly). No allocation: this runs on every call.
@@ -408,6 +548,7 @@ const TOP_KEYS: &[&str] = &[
     "rules",
     "cache",
     "fetch",
+    "sandbox",
 ];
 const RULE_KEYS: &[&str] = &[
     "name",
@@ -483,7 +624,7 @@ impl Parser<'_> {
                         let Some(rt) = self.table(&key, v) else {
                             continue;
                         };
-                        self.unknown(&format!("{key}."), rt, &["insecure"]);
+                        self.unknown(&format!("{key}."), rt, &["insecure", "tokenHosts"]);
                         let insecure = match rt.get("insecure") {
                             None => false,
                             Some(toml::Value::Boolean(b)) => *b,
@@ -493,7 +634,23 @@ impl Parser<'_> {
                                 false
                             }
                         };
-                        registries.insert(name.clone(), RegistrySettings { insecure });
+                        let token_hosts = self.patterns(
+                            &format!("`{key}.tokenHosts`"),
+                            rt.get("tokenHosts"),
+                            false,
+                        );
+                        if let Some(h) = token_hosts.iter().find(|h| h.contains(['/', '*', '?'])) {
+                            self.problems.push(format!(
+                                "`{key}.tokenHosts`: {h:?} is not a host or host:port (no scheme, path or wildcard)"
+                            ));
+                        }
+                        registries.insert(
+                            name.clone(),
+                            RegistrySettings {
+                                insecure,
+                                token_hosts,
+                            },
+                        );
                     }
                 }
                 None => self
@@ -516,6 +673,7 @@ impl Parser<'_> {
         }
         let cache = self.cache(t.get("cache"));
         let fetch = self.fetch(t.get("fetch"));
+        let sandbox = self.sandbox(t.get("sandbox"));
         Policy {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             source: source.to_string(),
@@ -526,7 +684,36 @@ impl Parser<'_> {
             node_credentials,
             cache,
             fetch,
+            sandbox,
         }
+    }
+
+    fn sandbox(&mut self, v: Option<&toml::Value>) -> SandboxSettings {
+        let mut out = SandboxSettings::default();
+        let Some(t) = v.and_then(|v| self.table("sandbox", v)) else {
+            return out;
+        };
+        self.unknown("sandbox.", t, &["mode", "image"]);
+        match t.get("mode").map(|v| v.as_str()) {
+            None => {}
+            Some(Some("enforce")) => out.mode = SandboxMode::Enforce,
+            Some(Some("warn")) => out.mode = SandboxMode::Warn,
+            Some(_) => self.problems.push(format!(
+                "`sandbox.mode` = {} is invalid: expected \"enforce\" or \"warn\"",
+                t["mode"]
+            )),
+        }
+        if let Some(v) = t.get("image") {
+            if let Some(s) = self.string("`sandbox.image`", v) {
+                match super::reference::parse(&s) {
+                    Ok(_) => out.image = Some(s),
+                    Err(e) => self.problems.push(format!(
+                        "`sandbox.image` = {s:?} is not an image reference: {e}"
+                    )),
+                }
+            }
+        }
+        out
     }
 
     fn rule(&mut self, at: &str, t: &toml::Table) -> Option<Rule> {
@@ -549,11 +736,21 @@ impl Parser<'_> {
             }
         };
         let at = format!("rule {name:?}");
-        let image_references = self.patterns(
-            &format!("{at}: `imageReferences`"),
-            t.get("imageReferences"),
-            true,
-        );
+        let image_references = self
+            .patterns(
+                &format!("{at}: `imageReferences`"),
+                t.get("imageReferences"),
+                true,
+            )
+            .into_iter()
+            .filter_map(|p| match Pattern::parse(&p) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.problems.push(format!("{at}: `imageReferences`: {e}"));
+                    None
+                }
+            })
+            .collect();
         let namespaces = self.patterns(&format!("{at}: `namespaces`"), t.get("namespaces"), false);
         let mode = match t.get("mode") {
             None => Mode::Enforce,
@@ -1189,9 +1386,45 @@ impl Parser<'_> {
                 "maxSignatureSize",
                 "maxAttestationSize",
                 "maxReferrers",
+                "maxVerificationBytes",
+                "maxVerificationBlobs",
+                "maxConcurrentVerifications",
+                "maxQueuedVerifications",
             ],
         );
+        let count = |p: &mut Self, key: &str, d: usize, max: usize| match t.get(key) {
+            None => d,
+            Some(toml::Value::Integer(n)) if *n >= 1 && *n as u64 <= max as u64 => *n as usize,
+            Some(v) => {
+                p.problems.push(format!(
+                    "`fetch.{key}` = {v} is invalid: expected a whole number from 1 to {max}"
+                ));
+                d
+            }
+        };
+        let max_verification_blobs =
+            count(self, "maxVerificationBlobs", d.max_verification_blobs, 1024);
+        let max_concurrent_verifications = count(
+            self,
+            "maxConcurrentVerifications",
+            d.max_concurrent_verifications,
+            256,
+        );
+        let max_queued_verifications = count(
+            self,
+            "maxQueuedVerifications",
+            d.max_queued_verifications,
+            1 << 16,
+        );
         FetchSettings {
+            max_verification_bytes: self.size(
+                "fetch.maxVerificationBytes",
+                t.get("maxVerificationBytes"),
+                d.max_verification_bytes,
+            ),
+            max_verification_blobs,
+            max_concurrent_verifications,
+            max_queued_verifications,
             timeout: self.duration("fetch.timeout", t.get("timeout"), d.timeout),
             verify_timeout: self.duration(
                 "fetch.verifyTimeout",
@@ -1751,5 +1984,158 @@ attestors = ["nobody"]
     #[test]
     fn generations_differ() {
         assert_ne!(parse("").unwrap().generation, parse("").unwrap().generation);
+    }
+
+    /// Whether pattern `p` matches image `i` (both as written in a policy / pod spec).
+    fn m(p: &str, i: &str) -> bool {
+        let image = super::super::reference::parse(i).unwrap();
+        Pattern::parse(p).unwrap().matches(&Normal::of(&image))
+    }
+
+    /// Issue 10, example 1: a wildcard in the host part stays in the host. `*.corp.example/*`
+    /// does not match `evil-registry/x.corp.example/app` (a Docker Hub image whose path
+    /// contains the host), nor a host that merely starts with it.
+    #[test]
+    fn host_wildcard_never_reaches_the_path() {
+        assert!(!m("*.corp.example/*", "evil-registry/x.corp.example/app"));
+        assert!(!m("*.corp.example/*", "docker.io/x.corp.example/app"));
+        assert!(!m("*.corp.example/*", "x.corp.example.evil.io/app"));
+        assert!(!m("*.corp.example/*", "x.corp.example:5000/app"));
+        assert!(m("*.corp.example/*", "x.corp.example/app"));
+        assert!(m("*.corp.example/*", "a.b.corp.example/team/app:v1"));
+        assert!(m("*.corp.example:*/*", "x.corp.example:5000/app"));
+        assert!(m("*/library/nginx:*", "nginx:1.25"));
+    }
+
+    /// Issue 10, example 2: a digest reference is matched by repository and digest; a tag next
+    /// to the digest (which the runtime ignores) selects nothing.
+    #[test]
+    fn digest_references_match_by_digest() {
+        let d = format!("sha256:{}", "e".repeat(64));
+        let pinned = format!("reg.example/app:release-1@{d}");
+        assert!(!m("reg.example/app:release-*", &pinned));
+        assert!(m("reg.example/app:release-*", "reg.example/app:release-1"));
+        assert!(m("reg.example/app", &pinned));
+        assert!(m("reg.example/app*", &pinned));
+        assert!(m(&format!("reg.example/app@{d}"), &pinned));
+        assert!(!m(
+            &format!("reg.example/app@sha256:{}", "f".repeat(64)),
+            &pinned
+        ));
+    }
+
+    /// Issue 10, example 3: host spellings are normalized as the runtime treats them (case,
+    /// the default HTTPS port, Docker Hub's names), in patterns and images; `localhost` and
+    /// `127.0.0.1` stay different hosts.
+    #[test]
+    fn host_spellings() {
+        assert!(m("ghcr.io/org/*", "GHCR.IO/org/app:v1"));
+        assert!(m("ghcr.io/org/*", "ghcr.io:443/org/app:v1"));
+        assert!(m("GHCR.io:443/org/*", "ghcr.io/org/app:v1"));
+        assert!(!m("ghcr.io/org/*", "ghcr.io:8443/org/app:v1"));
+        assert!(m("localhost:5300/*", "localhost:5300/app"));
+        assert!(!m("localhost:5300/*", "127.0.0.1:5300/app"));
+        assert!(!m("127.0.0.1:5300/*", "localhost:5300/app"));
+        assert!(m("docker.io/library/*", "nginx"));
+        assert!(m("index.docker.io/library/*", "nginx"));
+        assert!(m("docker.io/*", "registry-1.docker.io/team/app"));
+        // An upper-case first component is a host (as containerd reads it), not Docker Hub.
+        assert!(!m("docker.io/*", "Evil/app"));
+        assert!(m("Evil/*", "Evil/app"));
+        assert!(
+            !m("evil/*", "Evil/app"),
+            "a lower-case first component is a Docker Hub user"
+        );
+    }
+
+    /// Patterns without a registry part are Docker Hub names, normalized like references;
+    /// `*` alone matches everything; a wildcard with no registry part is refused.
+    #[test]
+    fn pattern_forms() {
+        assert!(m("nginx", "docker.io/library/nginx:latest"));
+        assert!(m("nginx:1.*", "nginx:1.25"));
+        assert!(!m("nginx:1.*", "nginx:2.0"));
+        assert!(m("nginx*", "nginx-unprivileged"));
+        assert!(m("team/*", "team/app:v1"));
+        assert!(!m("team/*", "ghcr.io/team/app:v1"));
+        assert!(m("*", "ghcr.io/team/app:v1"));
+        assert!(m("*/*", "ghcr.io/team/app:v1"));
+        assert!(m("reg.example/team/*", "reg.example/team/a/b:v1"));
+        assert!(!m("reg.example/team/*", "reg.example/teamx/app"));
+        assert!(m("reg.example/team*", "reg.example/teamx/app"));
+        assert!(m("reg.example/app:v?", "reg.example/app:v1"));
+        let e = Pattern::parse("*nginx*").unwrap_err();
+        assert!(e.contains("*/*nginx*"), "{e}");
+        assert!(Pattern::parse("reg.example/").is_err());
+        let errs = parse(
+            r#"
+            [[rules]]
+            name = "x"
+            imageReferences = ["*:latest"]
+            mode = "skip"
+            "#,
+        )
+        .unwrap_err();
+        assert!(errs.problems[0].contains("no registry part"), "{errs:?}");
+    }
+
+    /// `[sandbox]`, `tokenHosts` and the verification bounds parse, with every problem named.
+    #[test]
+    fn sandbox_token_hosts_and_bounds() {
+        let p = parse(
+            r#"
+            [sandbox]
+            mode = "warn"
+            image = "registry.k8s.io/pause:3.10"
+            [registries."registry.gitlab.com"]
+            tokenHosts = ["gitlab.com"]
+            [fetch]
+            maxVerificationBytes = "8MiB"
+            maxVerificationBlobs = 10
+            maxConcurrentVerifications = 2
+            maxQueuedVerifications = 5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.sandbox.mode, SandboxMode::Warn);
+        assert_eq!(
+            p.sandbox.image.as_deref(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        assert_eq!(
+            p.registry("registry.gitlab.com").token_hosts,
+            ["gitlab.com"]
+        );
+        assert_eq!(
+            (
+                p.fetch.max_verification_bytes,
+                p.fetch.max_verification_blobs,
+                p.fetch.max_concurrent_verifications,
+                p.fetch.max_queued_verifications
+            ),
+            (8 << 20, 10, 2, 5)
+        );
+        assert_eq!(parse("").unwrap().sandbox.mode, SandboxMode::Enforce);
+        let e = parse(
+            r#"
+            [sandbox]
+            mode = "off"
+            image = "Bad Image"
+            [registries."r.example"]
+            tokenHosts = ["https://auth.example/token"]
+            [fetch]
+            maxConcurrentVerifications = 0
+            "#,
+        )
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in [
+            "sandbox.mode",
+            "sandbox.image",
+            "tokenHosts",
+            "maxConcurrentVerifications",
+        ] {
+            assert!(all.contains(needle), "{needle} not reported in {all}");
+        }
     }
 }
