@@ -4,26 +4,23 @@
 //! Decisions are asked of the library's `Verifier` for the image's digest (the pull path without
 //! a runtime; pulls through the proxy are in the end-to-end tests).
 //!
-//! The referrers API is served here by a scripted HTTP registry: a real one with the API is
-//! not part of this test bed yet, and the faults (pages, a next link to another host, oversized
+//! Manifests and blobs are served by a real docker-registry 2.8 (no referrers API: the
+//! fallback tag runs against it as is). The referrers API is added in front of it by the
+//! scriptable front (`tests/front`): the faults (pages, a next link to another host, oversized
 //! or malformed listings, a registry error) are what a real registry cannot be made to show.
-//! The fallback tag runs against the real docker-registry.
 //!
 //! Without the samples the tests print a notice and pass.
 
+mod front;
 mod shared;
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use cri_guard::registry::Auth;
 use cri_guard::verify::policy::Policy;
 use cri_guard::verify::{Decision, Outcome, Verifier};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// The image every sample is about.
 const IMAGE: &str = "sha256:1e4d730332095d38037c0da185cd8bbfc8bf3a130602fd952d59037baad6ae1a";
@@ -97,122 +94,70 @@ fn artifact(dir: &Path, registry: &str, name: &str) -> Artifact {
     }
 }
 
-// --- A scripted registry ------------------------------------------------------------------
+// --- A real registry holding the samples, with a scripted referrers API in front -----------
 
-#[derive(Clone)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// The registry and the front before it; the front answers `referrers` with `listing` (or
+/// what `fault` says) and forwards everything else to the registry.
+struct Bed {
+    _tmp: tempfile::TempDir,
+    registry: support::Registry,
+    front: front::Front,
 }
 
-fn ok(content_type: &str, body: Vec<u8>) -> Reply {
-    Reply {
-        status: 200,
-        headers: vec![("content-type".into(), content_type.into())],
-        body,
-    }
+fn listing_body(entries: &[serde_json::Value]) -> Vec<u8> {
+    serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries})
+        .to_string()
+        .into_bytes()
 }
 
-/// An HTTP/1.1 registry answering scripted replies by path (anything else: 404), recording
-/// every request line.
-struct Scripted {
-    addr: String,
-    routes: Arc<Mutex<HashMap<String, Reply>>>,
-    log: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Scripted {
-    async fn start() -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let routes: Arc<Mutex<HashMap<String, Reply>>> = Arc::default();
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (r, l) = (routes.clone(), log.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let (routes, log) = (r.clone(), l.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65536 {
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let line = head.lines().next().unwrap_or_default().to_owned();
-                    let mut parts = line.split(' ');
-                    let method = parts.next().unwrap_or_default().to_owned();
-                    let path = parts.next().unwrap_or_default().to_owned();
-                    log.lock().unwrap().push(format!("{method} {path}"));
-                    let reply = routes.lock().unwrap().get(&path).cloned().unwrap_or(Reply {
-                        status: 404,
-                        headers: vec![("content-type".into(), "text/plain".into())],
-                        body: b"404 page not found\n".to_vec(),
-                    });
-                    let mut out = format!(
-                        "HTTP/1.1 {} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                        reply.status,
-                        reply.body.len()
-                    );
-                    for (k, v) in &reply.headers {
-                        out.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    out.push_str("\r\n");
-                    let mut bytes = out.into_bytes();
-                    if method != "HEAD" {
-                        bytes.extend_from_slice(&reply.body);
-                    }
-                    let _ = conn.write_all(&bytes).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
-        Scripted {
-            addr,
-            routes,
-            log,
-            task,
+impl Bed {
+    async fn start() -> Bed {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = support::Registry::start(tmp.path());
+        let front = front::Front::start(Some(registry.addr()), front::pass).await;
+        Bed {
+            _tmp: tmp,
+            registry,
+            front,
         }
     }
 
-    fn route(&self, path: &str, reply: Reply) {
-        self.routes.lock().unwrap().insert(path.to_owned(), reply);
+    /// Pushes an artifact (config, bundle layer, manifest by digest) into `probe/new`.
+    fn push(&self, a: &Artifact) {
+        let addr = self.registry.addr();
+        support::sign::push_blob(addr, None, "probe/new", b"{}");
+        support::sign::push_blob(addr, None, "probe/new", &a.layer);
+        let d =
+            support::sign::push_manifest(addr, None, "probe/new", &a.digest, MANIFEST, &a.manifest);
+        assert_eq!(d, a.digest);
+    }
+
+    /// The front answers the referrers of IMAGE with `reply(path)`, forwarding the rest.
+    fn referrers(&self, reply: impl Fn(&str) -> front::Action + Send + Sync + 'static) {
+        let prefix = format!("/v2/probe/new/referrers/{IMAGE}");
+        self.front.set(move |r| {
+            if r.path.starts_with(&prefix) {
+                reply(&r.path)
+            } else {
+                front::pass(r)
+            }
+        });
+    }
+
+    /// The front lists `entries` as the referrers of IMAGE.
+    fn list(&self, entries: &[serde_json::Value]) {
+        let body = listing_body(entries);
+        self.referrers(move |_| {
+            front::Action::reply(200, &[("content-type", INDEX)], body.clone())
+        });
     }
 
     fn requests(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Serves an artifact's manifest and bundle layer in `repo`.
-    fn serve(&self, repo: &str, a: &Artifact) {
-        self.route(
-            &format!("/v2/{repo}/manifests/{}", a.digest),
-            ok(MANIFEST, a.manifest.clone()),
-        );
-        self.route(
-            &format!("/v2/{repo}/blobs/{}", a.layer_digest),
-            ok("application/octet-stream", a.layer.clone()),
-        );
-    }
-
-    /// Serves `entries` (descriptors) as the referrers listing of IMAGE in `repo`.
-    fn referrers(&self, repo: &str, entries: &[serde_json::Value]) {
-        let body =
-            serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries});
-        self.route(
-            &format!("/v2/{repo}/referrers/{IMAGE}"),
-            ok(INDEX, body.to_string().into_bytes()),
-        );
+        self.front
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
     }
 }
 
@@ -260,30 +205,31 @@ fn other_key(dir: &Path) -> PathBuf {
     path
 }
 
-/// A cosign 3 signature listed by the referrers API verifies (ggcr lists it with the empty
-/// config type as artifactType); the `.sig` tag, the referrers API and the referrers tag are
-/// asked at once, then the referrers' manifests, then only the signature's blob: 6 requests in
-/// 3 rounds. An attestation requirement is met by the listed SPDX attestation, in no more
-/// rounds. Another key is refused, naming the key.
+/// A cosign 3 signature listed by the referrers API verifies (listed, as ggcr does, with the
+/// empty config type as artifactType); the `.sig` tag, the referrers API and the referrers tag
+/// are asked at once, then the referrers' manifests, then only the signature's blob: 6
+/// requests in 3 rounds. An attestation requirement is met by the listed SPDX attestation, in
+/// no more rounds. Another key is refused, naming the key.
 #[tokio::test]
 async fn referrers_api_signature_and_attestation() {
     let Some(dir) = samples() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = Scripted::start().await;
+    let bed = Bed::start().await;
     let (sign, attest) = (
         artifact(&dir, "5502-new", "sign-bundle"),
         artifact(&dir, "5502-new", "attest-bundle"),
     );
-    reg.serve("probe/new", &sign);
-    reg.serve("probe/new", &attest);
-    reg.referrers("probe/new", &[entry(&attest), entry(&sign)]);
+    bed.push(&sign);
+    bed.push(&attest);
+    bed.list(&[entry(&attest), entry(&sign)]);
     let key = dir.join("cosign.pub");
+    let at = &bed.front.addr;
+    let tmp = bed._tmp.path();
 
-    let v = verifier(&reg.addr, &key, "", tmp.path());
-    let d = decide(&v, &reg.addr, "probe/new").await;
+    let v = verifier(at, &key, "", tmp);
+    let d = decide(&v, at, "probe/new").await;
     assert!(d.allowed, "{}", d.reason());
     assert_eq!(d.reason(), "signed by cosign3");
-    let requests = reg.requests();
+    let requests = bed.requests();
     println!(
         "signature, referrers API: {} requests: {requests:#?}",
         requests.len()
@@ -293,23 +239,22 @@ async fn referrers_api_signature_and_attestation() {
     assert_eq!(v.registry_requests(), 6);
 
     let v = verifier(
-        &reg.addr,
+        at,
         &key,
         "[[rules.attestations]]\npredicateType = \"spdxjson\"",
-        tmp.path(),
+        tmp,
     );
-    let before = reg.requests().len();
-    let d = decide(&v, &reg.addr, "probe/new").await;
+    let d = decide(&v, at, "probe/new").await;
     assert!(d.allowed, "{}", d.reason());
     assert_eq!(
         d.reason(),
         "signed by cosign3; attested: https://spdx.dev/Document"
     );
     // .sig, .att, referrers API, referrers tag; two manifests; two blobs.
-    assert_eq!(reg.requests().len() - before, 8);
+    assert_eq!(v.registry_requests(), 8);
 
-    let v = verifier(&reg.addr, &other_key(tmp.path()), "", tmp.path());
-    let d = decide(&v, &reg.addr, "probe/new").await;
+    let v = verifier(at, &other_key(tmp), "", tmp);
+    let d = decide(&v, at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason()
@@ -319,27 +264,34 @@ async fn referrers_api_signature_and_attestation() {
     );
 }
 
-/// What must not count: a referrer about another image, a bundle layer that is not a bundle,
-/// an artifact of another type, a signature bundle where an attestation is required (and an
-/// attestation bundle is no signature). Each denial names why.
+/// What must not count: an attestation where a signature is needed and the reverse, a
+/// referrer about another image, a bundle layer that is not a bundle, an artifact of another
+/// type. Each denial names why.
 #[tokio::test]
 async fn referrers_that_do_not_count() {
     let Some(dir) = samples() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let bed = Bed::start().await;
     let key = dir.join("cosign.pub");
     let sign = artifact(&dir, "5502-new", "sign-bundle");
     let attest = artifact(&dir, "5502-new", "attest-bundle");
+    bed.push(&sign);
+    bed.push(&attest);
+    let at = &bed.front.addr;
+    let tmp = bed._tmp.path();
+    // A fresh verifier (and so an empty decision cache) for every scenario.
+    let plain = || verifier(at, &key, "", tmp);
+    let sbom = || {
+        verifier(
+            at,
+            &key,
+            "[[rules.attestations]]\npredicateType = \"spdxjson\"",
+            tmp,
+        )
+    };
 
     // Only the attestation is listed: no signature, and the attestation is not one.
-    let reg = Scripted::start().await;
-    reg.serve("probe/new", &attest);
-    reg.referrers("probe/new", &[entry(&attest)]);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.list(&[entry(&attest)]);
+    let d = decide(&plain(), at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason().starts_with("no signature found (nothing at ")
@@ -350,16 +302,8 @@ async fn referrers_that_do_not_count() {
     );
 
     // Only the signature is listed, and an SPDX attestation is required.
-    let reg = Scripted::start().await;
-    reg.serve("probe/new", &sign);
-    reg.referrers("probe/new", &[entry(&sign)]);
-    let v = verifier(
-        &reg.addr,
-        &key,
-        "[[rules.attestations]]\npredicateType = \"spdxjson\"",
-        tmp.path(),
-    );
-    let d = decide(&v, &reg.addr, "probe/new").await;
+    bed.list(&[entry(&sign)]);
+    let d = decide(&sbom(), at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason()
@@ -370,8 +314,7 @@ async fn referrers_that_do_not_count() {
         d.reason()
     );
 
-    // The signature manifest, re-pointed at another image.
-    let reg = Scripted::start().await;
+    // The signature's manifest, re-pointed at another image.
     let mut moved: serde_json::Value = serde_json::from_slice(&sign.manifest).unwrap();
     moved["subject"]["digest"] = format!("sha256:{}", "0".repeat(64)).into();
     let moved = serde_json::to_vec(&moved).unwrap();
@@ -381,27 +324,26 @@ async fn referrers_that_do_not_count() {
         layer: sign.layer.clone(),
         layer_digest: sign.layer_digest.clone(),
     };
-    reg.serve("probe/new", &moved);
-    reg.referrers("probe/new", &[entry(&moved)]);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.push(&moved);
+    bed.list(&[entry(&moved)]);
+    let before = bed.requests().len();
+    let d = decide(&plain(), at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason().contains(&format!(
-            "(skipped: {}/probe/new@{}: a referrer of another image (sha256:0000",
-            reg.addr, moved.digest
+            "(skipped: {at}/probe/new@{}: a referrer of another image (sha256:0000",
+            moved.digest
         )),
         "{}",
         d.reason()
     );
-    assert!(reg.requests().iter().all(|r| !r.contains("/blobs/")));
+    assert!(
+        bed.requests()[before..]
+            .iter()
+            .all(|r| !r.contains("/blobs/"))
+    );
 
     // A bundle layer that is not a bundle.
-    let reg = Scripted::start().await;
     let garbage = b"{\"not\":\"a bundle\"}".to_vec();
     let mut m: serde_json::Value = serde_json::from_slice(&sign.manifest).unwrap();
     m["layers"][0]["digest"] = sha(&garbage).into();
@@ -413,14 +355,9 @@ async fn referrers_that_do_not_count() {
         layer_digest: sha(&garbage),
         layer: garbage,
     };
-    reg.serve("probe/new", &fake);
-    reg.referrers("probe/new", &[entry(&fake)]);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.push(&fake);
+    bed.list(&[entry(&fake)]);
+    let d = decide(&plain(), at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason()
@@ -430,17 +367,11 @@ async fn referrers_that_do_not_count() {
     );
 
     // Another tool's artifact is not even fetched.
-    let reg = Scripted::start().await;
-    reg.serve("probe/new", &sign);
     let mut e = entry(&sign);
     e["artifactType"] = "application/spdx+json".into();
-    reg.referrers("probe/new", &[e]);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.list(&[e]);
+    let before = bed.requests().len();
+    let d = decide(&plain(), at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason()
@@ -448,7 +379,11 @@ async fn referrers_that_do_not_count() {
         "{}",
         d.reason()
     );
-    assert!(reg.requests().iter().all(|r| !r.contains(&sign.digest)));
+    assert!(
+        bed.requests()[before..]
+            .iter()
+            .all(|r| !r.contains(&sign.digest))
+    );
 }
 
 /// Listings are followed page by page on the same registry only, within bounds; a listing
@@ -458,55 +393,49 @@ async fn referrers_that_do_not_count() {
 #[tokio::test]
 async fn referrers_listing_bounds() {
     let Some(dir) = samples() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let bed = Bed::start().await;
     let key = dir.join("cosign.pub");
     let sign = artifact(&dir, "5502-new", "sign-bundle");
     let attest = artifact(&dir, "5502-new", "attest-bundle");
-    let listing = |entries: &[serde_json::Value]| {
-        serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": entries})
-            .to_string()
-            .into_bytes()
+    bed.push(&sign);
+    bed.push(&attest);
+    let at = bed.front.addr.clone();
+    let tmp = bed._tmp.path();
+    // A fresh verifier (and so an empty decision cache) for every scenario.
+    let plain = || verifier(&at, &key, "", tmp);
+    let base = format!("/v2/probe/new/referrers/{IMAGE}");
+    let index = |body: Vec<u8>, link: Option<String>| {
+        let mut headers = vec![("content-type", INDEX)];
+        let link = link.unwrap_or_default();
+        if !link.is_empty() {
+            headers.push(("link", link.as_str()));
+        }
+        front::Action::reply(200, &headers, body)
     };
 
     // Two pages, the second named by a relative next link.
-    let reg = Scripted::start().await;
-    reg.serve("probe/new", &sign);
-    reg.serve("probe/new", &attest);
-    let page2 = format!("/v2/probe/new/referrers/{IMAGE}?n=1&last=x");
-    let mut first = ok(INDEX, listing(&[entry(&attest)]));
-    first
-        .headers
-        .push(("link".into(), format!("<{page2}>; rel=\"next\"")));
-    reg.route(&format!("/v2/probe/new/referrers/{IMAGE}"), first);
-    reg.route(&page2, ok(INDEX, listing(&[entry(&sign)])));
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    let (first, second) = (
+        listing_body(&[entry(&attest)]),
+        listing_body(&[entry(&sign)]),
+    );
+    let page2 = format!("{base}?n=1&last=x");
+    let p2 = page2.clone();
+    bed.referrers(move |path| {
+        if path.ends_with("last=x") {
+            index(second.clone(), None)
+        } else {
+            index(first.clone(), Some(format!("<{p2}>; rel=\"next\"")))
+        }
+    });
+    let d = decide(&plain(), &at, "probe/new").await;
     assert!(d.allowed, "{}", d.reason());
-    assert!(reg.requests().iter().any(|r| r.ends_with("last=x")));
+    assert!(bed.requests().iter().any(|r| r.ends_with(&page2)));
 
     // A next link to another host is not followed (no request reaches it).
-    let elsewhere = Scripted::start().await;
-    let reg = Scripted::start().await;
-    reg.serve("probe/new", &sign);
-    let mut first = ok(INDEX, listing(&[]));
-    first.headers.push((
-        "link".into(),
-        format!(
-            "<http://{}/v2/probe/new/referrers/{IMAGE}>; rel=\"next\"",
-            elsewhere.addr
-        ),
-    ));
-    reg.route(&format!("/v2/probe/new/referrers/{IMAGE}"), first);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    let elsewhere = front::Front::start(None, |_| front::Action::reply(200, &[], "")).await;
+    let link = format!("<http://{}{base}>; rel=\"next\"", elsewhere.addr);
+    bed.referrers(move |_| index(listing_body(&[]), Some(link.clone())));
+    let d = decide(&plain(), &at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason().contains("is not on this registry; not followed"),
@@ -516,39 +445,28 @@ async fn referrers_listing_bounds() {
     assert!(elsewhere.requests().is_empty());
 
     // A link to itself forever: bounded pages.
-    let reg = Scripted::start().await;
-    let mut looping = ok(INDEX, listing(&[]));
-    looping.headers.push((
-        "link".into(),
-        format!("</v2/probe/new/referrers/{IMAGE}>; rel=\"next\""),
-    ));
-    reg.route(&format!("/v2/probe/new/referrers/{IMAGE}"), looping);
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    let me = base.clone();
+    bed.referrers(move |_| index(listing_body(&[]), Some(format!("<{me}>; rel=\"next\""))));
+    let before = bed.requests().len();
+    let d = decide(&plain(), &at, "probe/new").await;
     assert!(d.reason().contains("more than 16 pages"), "{}", d.reason());
-    assert!(reg.requests().len() <= 3 + 16);
+    assert!(bed.requests().len() - before <= 3 + 16);
 
     // More entries than fetch.maxReferrers.
-    let reg = Scripted::start().await;
     let many: Vec<serde_json::Value> = (0..5).map(|_| entry(&sign)).collect();
-    reg.referrers("probe/new", &many);
-    let path = tmp.path().join("small.toml");
+    bed.list(&many);
+    let path = tmp.join("small.toml");
     std::fs::write(
         &path,
         format!(
-            "[registries.\"{0}\"]\ninsecure = true\n[fetch]\nmaxReferrers = 4\n[[rules]]\nname = \"probe\"\n\
-             imageReferences = [\"{0}/*\"]\n[[rules.attestors]]\nname = \"cosign3\"\nkey = \"{1}\"\n",
-            reg.addr,
+            "[registries.\"{at}\"]\ninsecure = true\n[fetch]\nmaxReferrers = 4\n[[rules]]\nname = \"probe\"\n\
+             imageReferences = [\"{at}/*\"]\n[[rules.attestors]]\nname = \"cosign3\"\nkey = \"{}\"\n",
             key.display()
         ),
     )
     .unwrap();
     let small = Verifier::new(Policy::load(&path).unwrap(), None).unwrap();
-    let d = decide(&small, &reg.addr, "probe/new").await;
+    let d = decide(&small, &at, "probe/new").await;
     assert!(!d.allowed);
     assert!(
         d.reason()
@@ -558,55 +476,33 @@ async fn referrers_listing_bounds() {
     );
 
     // Not an index; a registry error.
-    let reg = Scripted::start().await;
-    reg.route(
-        &format!("/v2/probe/new/referrers/{IMAGE}"),
-        ok(INDEX, b"<html>".to_vec()),
-    );
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.referrers(|_| front::Action::reply(200, &[("content-type", INDEX)], "<html>"));
+    let d = decide(&plain(), &at, "probe/new").await;
     assert!(d.reason().contains("is not an OCI index"), "{}", d.reason());
-    let reg = Scripted::start().await;
-    reg.route(
-        &format!("/v2/probe/new/referrers/{IMAGE}"),
-        Reply {
-            status: 503,
-            headers: vec![],
-            body: vec![],
-        },
-    );
-    let d = decide(
-        &verifier(&reg.addr, &key, "", tmp.path()),
-        &reg.addr,
-        "probe/new",
-    )
-    .await;
+    bed.referrers(|_| front::Action::reply(503, &[], ""));
+    let d = decide(&plain(), &at, "probe/new").await;
     match &d.outcome {
         Some(Outcome::Denied(denial)) => assert!(denial.unavailable, "{}", denial.reason),
         other => panic!("{other:?}"),
     }
 
-    // A broken listing next to a valid tag-based signature: the signature counts.
+    // A broken listing next to a valid tag-based signature (cosign 3, --new-bundle-format=false;
+    // signed for 127.0.0.1:5502/probe/old, hence signedIdentity = "any"): the signature counts.
     let old = artifact(&dir, "5502-old", "sig");
-    let sig_manifest: serde_json::Value = serde_json::from_slice(&old.manifest).unwrap();
-    assert_eq!(
-        sig_manifest["layers"][0]["digest"],
-        old.layer_digest.as_str()
+    let config = std::fs::read(dir.join("5502-old/sig.config.blob")).unwrap();
+    let addr = bed.registry.addr();
+    support::sign::push_blob(addr, None, "probe/new", &config);
+    support::sign::push_blob(addr, None, "probe/new", &old.layer);
+    support::sign::push_manifest(
+        addr,
+        None,
+        "probe/new",
+        &format!("{}.sig", IMAGE.replace(':', "-")),
+        MANIFEST,
+        &old.manifest,
     );
-    reg.route(
-        &format!("/v2/probe/new/manifests/{}.sig", IMAGE.replace(':', "-")),
-        ok(MANIFEST, old.manifest.clone()),
-    );
-    reg.route(
-        &format!("/v2/probe/new/blobs/{}", old.layer_digest),
-        ok("application/octet-stream", old.layer.clone()),
-    );
-    let any = verifier(&reg.addr, &key, "signedIdentity = \"any\"", tmp.path());
-    let d = decide(&any, &reg.addr, "probe/new").await;
+    let any = verifier(&at, &key, "signedIdentity = \"any\"", tmp);
+    let d = decide(&any, &at, "probe/new").await;
     assert!(d.allowed, "{}", d.reason());
 }
 
@@ -624,8 +520,7 @@ async fn referrers_tag_on_docker_registry() {
         artifact(&dir, "5501-new", "sign-bundle"),
         artifact(&dir, "5501-new", "attest-bundle"),
     );
-    let config = std::fs::read(dir.join("5501-new/sign-bundle.config.blob")).unwrap();
-    support::sign::push_blob(&addr, None, "probe/new", &config);
+    support::sign::push_blob(&addr, None, "probe/new", b"{}");
     for a in [&sign, &attest] {
         support::sign::push_blob(&addr, None, "probe/new", &a.layer);
         let d = support::sign::push_manifest(
@@ -678,4 +573,14 @@ async fn referrers_tag_on_docker_registry() {
         "{}",
         d.reason()
     );
+
+    // Under a signatures repository: the same artifacts found there for an image elsewhere.
+    let v = verifier(
+        &addr,
+        &key,
+        &format!("signaturesRepository = \"{addr}/probe/new\""),
+        tmp.path(),
+    );
+    let d = decide(&v, &addr, "elsewhere/app").await;
+    assert!(d.allowed, "{}", d.reason());
 }
