@@ -584,3 +584,78 @@ async fn referrers_tag_on_docker_registry() {
     let d = decide(&v, &addr, "elsewhere/app").await;
     assert!(d.allowed, "{}", d.reason());
 }
+
+/// An attestor that requires RFC 3161 timestamps (`minTimestamps`, with the public-good
+/// trusted root's timestamp authority) accepts neither a tag-based signature (it carries none
+/// cri-guard reads) nor a key-signed bundle without one; each denial says so.
+#[tokio::test]
+async fn timestamps_required() {
+    let Some(dir) = samples() else { return };
+    let Some(conformance) = shared::dir("testdata/sigstore-conformance") else {
+        return;
+    };
+    let bed = Bed::start().await;
+    let key = dir.join("cosign.pub");
+    let at = bed.front.addr.clone();
+    let tmp = bed._tmp.path();
+    let root = conformance.join("trust/public-good-trusted_root.json");
+    let knobs = format!(
+        "trustedRoot = \"{}\"\nignoreTlog = true\nminTimestamps = 1\n",
+        root.display()
+    );
+    // The attestor's knobs go after its key line.
+    let policy = |signed_identity: &str| {
+        let text = format!(
+            "[registries.\"{at}\"]\ninsecure = true\n[[rules]]\nname = \"probe\"\n\
+             imageReferences = [\"{at}/*\"]\n{signed_identity}\n[[rules.attestors]]\nname = \"cosign3\"\n\
+             key = \"{}\"\n{knobs}",
+            key.display()
+        );
+        let path = tmp.join("ts.toml");
+        std::fs::write(&path, text).unwrap();
+        Verifier::new(Policy::load(&path).unwrap(), None).unwrap()
+    };
+
+    // A cosign 3 bundle without a timestamp.
+    let sign = artifact(&dir, "5502-new", "sign-bundle");
+    bed.push(&sign);
+    bed.list(&[entry(&sign)]);
+    let d = decide(&policy(""), &at, "probe/new").await;
+    assert!(!d.allowed);
+    assert!(
+        d.reason().contains(
+            "no RFC 3161 timestamp cri-guard can check, but attestor cosign3 requires 1 (minTimestamps)"
+        ),
+        "{}",
+        d.reason()
+    );
+
+    // A valid tag-based signature (signed for 127.0.0.1:5502/probe/old).
+    bed.list(&[]);
+    let old = artifact(&dir, "5502-old", "sig");
+    let addr = bed.registry.addr();
+    support::sign::push_blob(
+        addr,
+        None,
+        "probe/new",
+        &std::fs::read(dir.join("5502-old/sig.config.blob")).unwrap(),
+    );
+    support::sign::push_blob(addr, None, "probe/new", &old.layer);
+    support::sign::push_manifest(
+        addr,
+        None,
+        "probe/new",
+        &format!("{}.sig", IMAGE.replace(':', "-")),
+        MANIFEST,
+        &old.manifest,
+    );
+    let d = decide(&policy("signedIdentity = \"any\""), &at, "probe/new").await;
+    assert!(!d.allowed);
+    assert!(
+        d.reason().contains(
+            "requires 1 RFC 3161 timestamp(s) (minTimestamps), which only Sigstore bundles carry"
+        ),
+        "{}",
+        d.reason()
+    );
+}

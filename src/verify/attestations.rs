@@ -17,7 +17,7 @@ use oci_client::Reference;
 use super::cosign::tag::attestation::{self, VerifiedAttestation};
 use super::discovery::{Found, Want};
 use super::policy::{AttestationRule, Rule};
-use super::{Denial, Finding, State, signer_name, verify_image_bundle};
+use super::{Denial, Finding, State, signer_name, tag_based_unsupported, verify_image_bundle};
 use crate::registry::Auth;
 
 /// Layer annotation cosign writes with the predicate type (unverified; messages only).
@@ -77,6 +77,10 @@ pub(super) async fn verify(
         .map(|layer| {
             let mut c = Checked::new(layer.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned());
             for (i, attestor) in rule.attestors.iter().enumerate() {
+                if let Some(why) = tag_based_unsupported(attestor) {
+                    c.failed(3, why);
+                    continue;
+                }
                 match attestation::verify_attestation_layer(
                     layer,
                     &attestor.authority,

@@ -1139,6 +1139,19 @@ pub fn verify_image_bundle(
     )
 }
 
+/// Why tag-based signatures and attestations (`.sig`, `.att`) can't satisfy `attestor`, if
+/// they can't: they carry no RFC 3161 timestamp cri-guard reads, so an attestor that requires
+/// timestamps accepts only Sigstore bundles.
+fn tag_based_unsupported(attestor: &Attestor) -> Option<String> {
+    let n = attestor.transparency.min_timestamps;
+    (n > 0).then(|| {
+        format!(
+            "attestor {} requires {n} RFC 3161 timestamp(s) (minTimestamps), which only Sigstore bundles carry; the .sig/.att tags do not count for it",
+            attestor.name
+        )
+    })
+}
+
 /// Who verified, as a decision names them: the attestor, and for certificate signers the
 /// identity it proved.
 fn signer_name(attestor: &Attestor, identity: Option<String>) -> String {
@@ -1173,6 +1186,12 @@ async fn verify_signatures(
     };
     if let Ok(attached) = &found.sig {
         for (i, attestor) in rule.attestors.iter().enumerate() {
+            if let Some(why) = tag_based_unsupported(attestor) {
+                if !attached.layers.is_empty() {
+                    failures.push((3, why));
+                }
+                continue;
+            }
             for layer in &attached.layers {
                 match cosign::verify_layer(
                     layer,
