@@ -1,11 +1,15 @@
-//! Smoke tests of the test bed itself (registry + private containerd + pod helpers).
+//! Smoke tests of the test bed itself (registry + private containerd + pod helpers). The
+//! containerd of most tests is the one `CRI_GUARD_CONTAINERD` picks; the last two tests run both
+//! versions explicitly.
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cri_guard::cri;
-use support::{TestBed, exec_sync, remove_all_pods, run_pod, util};
+use support::{BedOptions, ContainerdVersion, TestBed, exec_sync, remove_all_pods, run_pod, util};
 
 async fn pod_count(bed: &TestBed) -> usize {
     cri::runtime_client(bed.containerd_socket())
@@ -178,4 +182,148 @@ async fn drop_after_containerd_crash_cleans_up() {
         shims.iter().all(|&p| !util::pid_alive(p))
     });
     assert!(gone, "shims still alive: {shims:?}");
+}
+
+/// Both containerd versions can run side by side, each chosen explicitly whatever
+/// `CRI_GUARD_CONTAINERD` says: each bed's runtime reports its version, runs a pod, and its shim
+/// is that version's own `containerd-shim-runc-v2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_containerd_versions_side_by_side() {
+    let (old, new) = tokio::join!(
+        TestBed::start_with(BedOptions::default().containerd(ContainerdVersion::V1_6)),
+        TestBed::start_with(BedOptions::default().containerd(ContainerdVersion::V2_1)),
+    );
+    for (bed, prefix) in [(&old, "1.6."), (&new, "2.1.")] {
+        let sock = bed.containerd_socket();
+        let v = cri::runtime_client(&sock)
+            .version(cri::VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.runtime_version.starts_with(prefix), "{v:?}");
+        let image = bed.push_image("side/busybox", "v1");
+        run_pod(&sock, &image, "default").await;
+        let shim = bed.containerd_version().binary("containerd-shim-runc-v2");
+        let shims = bed.containerd.shim_pids();
+        assert!(!shims.is_empty());
+        for pid in shims {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+            assert_eq!(
+                exe,
+                std::fs::canonicalize(&shim).unwrap(),
+                "containerd {} started another shim",
+                bed.containerd_version().label()
+            );
+        }
+    }
+}
+
+/// Paths under the places a container runtime writes by default (/run, /var/lib, /opt, /etc),
+/// up to a few levels deep, leaving out what the package manager and other tools change.
+fn system_paths() -> BTreeSet<PathBuf> {
+    fn walk(dir: &Path, depth: usize, skip: &[&str], out: &mut BTreeSet<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if skip.iter().any(|s| path.starts_with(s)) {
+                continue;
+            }
+            out.insert(path.clone());
+            if depth > 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, depth - 1, skip, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    let skip = [
+        "/run/user",
+        "/run/lock",
+        "/run/systemd",
+        "/var/lib/apt",
+        "/var/lib/dpkg",
+        "/var/lib/systemd",
+        "/opt/cri-guard-testtools",
+    ];
+    for (root, depth) in [("/run", 5), ("/var/lib", 3), ("/opt", 3), ("/etc", 1)] {
+        walk(Path::new(root), depth, &skip, &mut out);
+    }
+    out
+}
+
+/// Shim sockets of any bed on this machine: `/run/containerd/s/<sha256>` and their dirs.
+fn is_shim_socket_path(p: &Path) -> bool {
+    p == Path::new("/run/containerd")
+        || p == Path::new("/run/containerd/s")
+        || p.parent() == Some(Path::new("/run/containerd/s"))
+}
+
+/// With a pod running, each containerd version writes nothing under /run, /var/lib, /opt or /etc
+/// but its shim's socket in /run/containerd/s (hard-coded); after the bed is dropped, that
+/// socket is gone too. (Disabling NRI, network namespaces under the state dir, and moving the
+/// opt, CDI, image-verifier and temp dirs into the bed are what this checks for 2.1.)
+#[tokio::test]
+async fn nothing_written_outside_the_bed() {
+    for version in ContainerdVersion::ALL {
+        let before = system_paths();
+        let bed = TestBed::start_with(
+            BedOptions::default()
+                .containerd(version)
+                .with_referrers_registry(),
+        )
+        .await;
+        let image = bed.push_image("outside/busybox", "v1");
+        let pod = run_pod(&bed.containerd_socket(), &image, "default").await;
+        exec_sync(&bed.containerd_socket(), &pod.container_id, &["true"]).await;
+        let during = system_paths();
+        let shim_sockets: Vec<PathBuf> = bed
+            .containerd
+            .shim_pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let p = util::processes().into_iter().find(|p| p.pid == pid)?;
+                let arg = |n: &str| {
+                    p.cmdline
+                        .windows(2)
+                        .find(|w| w[0] == n)
+                        .map(|w| w[1].clone())
+                };
+                let key = format!(
+                    "{}/{}/{}",
+                    bed.containerd_socket().display(),
+                    arg("-namespace")?,
+                    arg("-id")?
+                );
+                Some(PathBuf::from(format!(
+                    "/run/containerd/s/{}",
+                    util::sha256_hex(key.as_bytes())?
+                )))
+            })
+            .collect();
+        assert!(!shim_sockets.is_empty(), "containerd {}", version.label());
+        for s in &shim_sockets {
+            assert!(s.exists(), "expected the shim socket {}", s.display());
+        }
+        let new: Vec<&PathBuf> = during
+            .difference(&before)
+            .filter(|p| !is_shim_socket_path(p))
+            .collect();
+        assert!(
+            new.is_empty(),
+            "containerd {} wrote outside its bed: {new:?}",
+            version.label()
+        );
+        drop(bed);
+        let after = system_paths();
+        let left: Vec<&PathBuf> = after
+            .difference(&before)
+            .filter(|p| !is_shim_socket_path(p) || shim_sockets.contains(p))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "containerd {} left behind: {left:?}",
+            version.label()
+        );
+    }
 }

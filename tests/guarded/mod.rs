@@ -49,7 +49,15 @@ pub fn write_policy(dir: &Path, text: &str) -> PathBuf {
 
 impl Guarded {
     pub async fn start(rules: impl FnOnce(&TestBed, &Path) -> String) -> Guarded {
-        let bed = TestBed::start().await;
+        Guarded::start_with(support::BedOptions::default(), rules).await
+    }
+
+    /// `start` on a bed with `options` (e.g. containerd 2.1, the referrers registry).
+    pub async fn start_with(
+        options: support::BedOptions,
+        rules: impl FnOnce(&TestBed, &Path) -> String,
+    ) -> Guarded {
+        let bed = TestBed::start_with(options).await;
         let key = TestKey::p256();
         let key_path = key.write_public(bed.dir.path(), "test-key");
         let text = policy_text(&bed, &rules(&bed, &key_path));

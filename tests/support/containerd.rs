@@ -1,6 +1,9 @@
-//! A private containerd 1.6 (CRI v1) whose root, state, sockets, runc root and plugin dirs all live
-//! in one temp dir, so several can run side by side and nothing lands under /var or /opt.
+//! A private containerd (the system's 1.6, or 2.1 from the test tools prefix) whose root, state,
+//! sockets, runc root and plugin dirs all live in one temp dir, so several can run side by side
+//! and nothing lands under /var or /opt. Which version a bed runs: `CRI_GUARD_CONTAINERD=1.6|2.1`
+//! (default 1.6), or `ContainerdVersion` passed explicitly.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -15,7 +18,67 @@ use super::util::{
 /// Namespace the CRI plugin uses.
 pub const K8S_NS: &str = "k8s.io";
 
+/// Env var choosing the containerd of beds started without an explicit version: `1.6` or `2.1`.
+pub const VERSION_ENV: &str = "CRI_GUARD_CONTAINERD";
+
+/// Which containerd a bed runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerdVersion {
+    /// The system's containerd 1.6 (Debian bookworm), from PATH.
+    V1_6,
+    /// containerd 2.1 (Debian sid) from the test tools prefix, with the system's runc.
+    V2_1,
+}
+
+impl ContainerdVersion {
+    /// Both, oldest first.
+    pub const ALL: [ContainerdVersion; 2] = [ContainerdVersion::V1_6, ContainerdVersion::V2_1];
+
+    /// The version `CRI_GUARD_CONTAINERD` names (unset or empty: 1.6). Panics on anything else.
+    pub fn from_env() -> ContainerdVersion {
+        match std::env::var(VERSION_ENV).as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("1.6") => ContainerdVersion::V1_6,
+            Ok("2.1") => ContainerdVersion::V2_1,
+            Ok(other) => panic!("{VERSION_ENV}={other:?}: expected 1.6 or 2.1"),
+        }
+    }
+
+    /// "1.6" or "2.1".
+    pub fn label(self) -> &'static str {
+        match self {
+            ContainerdVersion::V1_6 => "1.6",
+            ContainerdVersion::V2_1 => "2.1",
+        }
+    }
+
+    /// The absolute path of this version's `name` (`containerd`, `containerd-shim-runc-v2`,
+    /// `ctr`); panics naming how to install it.
+    pub fn binary(self, name: &str) -> PathBuf {
+        match self {
+            ContainerdVersion::V1_6 => require_bin(name, "containerd"),
+            ContainerdVersion::V2_1 => super::tools::containerd21_dir().join(name),
+        }
+    }
+
+    /// PATH for the daemon: 2.1's directory first, so that it starts its own shim (containerd
+    /// looks the shim up on PATH before its own directory) and the system's runc.
+    fn daemon_path(self) -> Option<OsString> {
+        match self {
+            ContainerdVersion::V1_6 => None,
+            ContainerdVersion::V2_1 => {
+                let mut dirs = vec![super::tools::containerd21_dir()];
+                dirs.extend(std::env::split_paths(
+                    &std::env::var_os("PATH").unwrap_or_default(),
+                ));
+                dirs.extend(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from));
+                std::env::join_paths(dirs).ok()
+            }
+        }
+    }
+}
+
 pub struct Containerd {
+    version: ContainerdVersion,
     dir: PathBuf,
     socket: PathBuf,
     config: PathBuf,
@@ -25,13 +88,28 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Writes a config under `dir` and starts containerd; returns once the CRI `Version` call
-    /// answers. `sandbox_image` is the pause image; each of `registries` ("host:port") gets a
-    /// plain-HTTP `certs.d/<host:port>/hosts.toml`.
+    /// `start_version` with the version `CRI_GUARD_CONTAINERD` names (default 1.6).
     pub fn start(dir: &Path, sandbox_image: &str, registries: &[&str]) -> Containerd {
+        Self::start_version(
+            ContainerdVersion::from_env(),
+            dir,
+            sandbox_image,
+            registries,
+        )
+    }
+
+    /// Writes a config for `version` under `dir` and starts containerd; returns once the CRI
+    /// `Version` call answers. `sandbox_image` is the pause image; each of `registries`
+    /// ("host:port") gets a plain-HTTP `certs.d/<host:port>/hosts.toml`.
+    pub fn start_version(
+        version: ContainerdVersion,
+        dir: &Path,
+        sandbox_image: &str,
+        registries: &[&str],
+    ) -> Containerd {
         require_root();
-        require_bin("containerd", "containerd");
-        require_bin("containerd-shim-runc-v2", "containerd");
+        version.binary("containerd");
+        version.binary("containerd-shim-runc-v2");
         require_bin("runc", "runc");
         let socket = dir.join("c.sock");
         assert!(
@@ -40,7 +118,16 @@ impl Containerd {
             socket.display()
         );
         for d in [
-            "root", "state", "certs.d", "opt", "runc", "cni/bin", "cni/conf",
+            "root",
+            "state",
+            "certs.d",
+            "opt",
+            "runc",
+            "cni/bin",
+            "cni/conf",
+            "tmp",
+            "cdi",
+            "verifiers",
         ] {
             std::fs::create_dir_all(dir.join(d)).expect("containerd dirs");
         }
@@ -48,65 +135,14 @@ impl Containerd {
             .map(|f| f.lines().any(|l| l.trim_end().ends_with("\toverlay")))
             .unwrap_or(false);
         let snapshotter = if overlay { "overlayfs" } else { "native" };
-        let d = |p: &str| path_str(&dir.join(p)).to_string();
         let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  address = ""
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox_image}"
-  restrict_oom_score_adj = true
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        Root = "{runc}"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{cni_conf}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{certs}"
-"#,
-                root = d("root"),
-                state = d("state"),
-                sock = path_str(&socket),
-                opt = d("opt"),
-                runc = d("runc"),
-                cni_bin = d("cni/bin"),
-                cni_conf = d("cni/conf"),
-                certs = d("certs.d"),
-            ),
-        )
-        .unwrap();
+        let text = match version {
+            ContainerdVersion::V1_6 => config_v16(dir, &socket, sandbox_image, snapshotter),
+            ContainerdVersion::V2_1 => config_v21(dir, &socket, sandbox_image, snapshotter),
+        };
+        std::fs::write(&config, text).unwrap();
         let mut c = Containerd {
+            version,
             dir: dir.to_path_buf(),
             socket,
             config,
@@ -146,7 +182,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .append(true)
             .open(&log)
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(require_bin("containerd", "containerd"))
+        let mut cmd = Command::new(self.version.binary("containerd"));
+        if let Some(path) = self.version.daemon_path() {
+            cmd.env("PATH", path);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -196,6 +236,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Which containerd this is.
+    pub fn version(&self) -> ContainerdVersion {
+        self.version
+    }
+
+    /// This version's `ctr`.
+    pub fn ctr_path(&self) -> PathBuf {
+        self.version.binary("ctr")
+    }
+
+    /// The config file containerd was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// The CRI (and containerd gRPC) unix socket.
@@ -335,7 +390,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }
             remove_cgroups(&cgroups);
             // A killed shim leaves its socket: /run/containerd/s/sha256(<address>/<ns>/<id>)
-            // (hard-coded in containerd 1.6, not configurable).
+            // (hard-coded in containerd 1.6 and 2.1, not configurable).
             for (_, cmdline) in &shims {
                 let arg = |name: &str| {
                     cmdline
@@ -363,6 +418,140 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             remove_cgroups(&[format!("/{K8S_NS}")]);
         }
     }
+}
+
+/// containerd 1.6's config (version 2): CRI settings in the `io.containerd.grpc.v1.cri` plugin.
+fn config_v16(dir: &Path, socket: &Path, sandbox_image: &str, snapshotter: &str) -> String {
+    let d = |p: &str| path_str(&dir.join(p)).to_string();
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snapshotter}"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "{runc}"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+"#,
+        root = d("root"),
+        state = d("state"),
+        sock = path_str(socket),
+        opt = d("opt"),
+        runc = d("runc"),
+        cni_bin = d("cni/bin"),
+        cni_conf = d("cni/conf"),
+        certs = d("certs.d"),
+    )
+}
+
+/// containerd 2.1's config (version 3, what 2.x writes with `config default`): the CRI is split
+/// into the `io.containerd.cri.v1.images` plugin (snapshotter, registry, the sandbox image as
+/// `pinned_images.sandbox`), `io.containerd.cri.v1.runtime` (runtimes, CNI, OOM, netns) and
+/// `io.containerd.grpc.v1.cri` (the server and its stream server). Every default path that would
+/// land outside the bed is moved into it: NRI's socket under /var/run/nri (plugin disabled),
+/// network namespaces under /var/run/netns (`netns_mounts_under_state_dir`), CDI spec dirs,
+/// the image-verifier bin dir and the temp dir.
+fn config_v21(dir: &Path, socket: &Path, sandbox_image: &str, snapshotter: &str) -> String {
+    let d = |p: &str| path_str(&dir.join(p)).to_string();
+    format!(
+        r#"version = 3
+root = "{root}"
+state = "{state}"
+temp = "{tmp}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs", "io.containerd.differ.v1.erofs", "io.containerd.internal.v1.tracing", "io.containerd.tracing.processor.v1.otlp", "io.containerd.nri.v1.nri"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.image-verifier.v1.bindir"]
+  bin_dir = "{verifiers}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "{snapshotter}"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{sandbox_image}"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{certs}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  netns_mounts_under_state_dir = true
+  cdi_spec_dirs = ["{cdi}"]
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        Root = "{runc}"
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{cni_conf}"
+"#,
+        root = d("root"),
+        state = d("state"),
+        tmp = d("tmp"),
+        sock = path_str(socket),
+        opt = d("opt"),
+        verifiers = d("verifiers"),
+        runc = d("runc"),
+        cdi = d("cdi"),
+        cni_bin = d("cni/bin"),
+        cni_conf = d("cni/conf"),
+        certs = d("certs.d"),
+    )
 }
 
 /// Containerd instances of this process not yet shut down (guards the /run/containerd cleanup).

@@ -1,5 +1,8 @@
-//! A local `docker-registry` (distribution 2.8) on 127.0.0.1:<free port>, plain HTTP, filesystem
-//! storage, optionally with htpasswd basic auth.
+//! A local registry on 127.0.0.1:<free port>, plain HTTP, of one of two kinds:
+//! - `docker-registry` (distribution 2.8, the system package): filesystem storage, optionally
+//!   htpasswd basic auth; no referrers API (`GET /v2/<name>/referrers/<digest>` is a 404), so
+//!   cosign 3 keeps the referrers tag schema's fallback tag `sha256-<hex>` there;
+//! - `refreg` (go-containerregistry's registry, `tools/refreg`): the OCI 1.1 referrers API on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +11,27 @@ use std::time::{Duration, Instant};
 use super::image;
 use super::util::{free_port, http, log_tail, path_str, require_bin, run, terminate};
 
+/// Which registry program serves a `Registry`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegistryKind {
+    /// docker-registry 2.8 (distribution): no referrers API.
+    Distribution,
+    /// go-containerregistry's registry with the OCI 1.1 referrers API (`tools/refreg`).
+    Referrers,
+}
+
+impl RegistryKind {
+    /// Both kinds.
+    pub const ALL: [RegistryKind; 2] = [RegistryKind::Distribution, RegistryKind::Referrers];
+
+    /// Whether `GET /v2/<name>/referrers/<digest>` is served.
+    pub fn has_referrers_api(self) -> bool {
+        self == RegistryKind::Referrers
+    }
+}
+
 pub struct Registry {
+    kind: RegistryKind,
     child: Option<Child>,
     dir: PathBuf,
     addr: String,
@@ -20,6 +43,67 @@ impl Registry {
     /// answers.
     pub fn start(dir: &Path) -> Registry {
         Self::spawn(dir, None)
+    }
+
+    /// Starts a registry of `kind` storing under `dir`; ready on return.
+    pub fn start_kind(kind: RegistryKind, dir: &Path) -> Registry {
+        match kind {
+            RegistryKind::Distribution => Self::spawn(dir, None),
+            RegistryKind::Referrers => Self::spawn_refreg(dir),
+        }
+    }
+
+    /// Starts `refreg` (referrers API on) storing blobs under `dir`; ready on return. It binds
+    /// port 0 and reports the port it got in a file, so there is no race for a free port.
+    pub fn start_referrers(dir: &Path) -> Registry {
+        Self::spawn_refreg(dir)
+    }
+
+    fn spawn_refreg(dir: &Path) -> Registry {
+        let bin = super::tools::refreg();
+        std::fs::create_dir_all(dir).expect("registry dir");
+        let addr_file = dir.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = dir.join("registry.log");
+        let logfile = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&bin)
+            .arg("-address=127.0.0.1:0")
+            .arg(format!("-addr-file={}", path_str(&addr_file)))
+            .arg(format!("-blobs={}", path_str(&dir.join("blobs"))))
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().unwrap())
+            .stderr(logfile)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut reg = Registry {
+            kind: RegistryKind::Referrers,
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            addr: String::new(),
+            auth: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reg.addr.is_empty() {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                reg.addr = text.trim().to_string();
+            } else if Instant::now() > deadline || !reg.is_running() {
+                reg.shutdown();
+                panic!(
+                    "refreg did not report its address\n--- log tail ---\n{}",
+                    log_tail(&log, 30)
+                );
+            } else {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if let Err(e) = reg.wait_ready(Duration::from_secs(20)) {
+            reg.shutdown();
+            panic!(
+                "refreg did not start: {e}\n--- log tail ---\n{}",
+                log_tail(&log, 30)
+            );
+        }
+        reg
     }
 
     /// Same, but every request needs basic auth `user:password` (htpasswd file with a bcrypt
@@ -68,6 +152,7 @@ impl Registry {
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
             let mut reg = Registry {
+                kind: RegistryKind::Distribution,
                 child: Some(child),
                 dir: dir.to_path_buf(),
                 addr,
@@ -97,7 +182,7 @@ impl Registry {
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!("docker-registry exited early ({status})"));
+                return Err(format!("{:?} registry exited early ({status})", self.kind));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -107,6 +192,11 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Which program serves this registry.
+    pub fn kind(&self) -> RegistryKind {
+        self.kind
     }
 
     /// "127.0.0.1:PORT".
@@ -187,6 +277,83 @@ impl Registry {
             .flatten()
     }
 
+    fn auth_header(&self) -> Option<String> {
+        self.credentials().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                super::util::base64(format!("{u}:{p}").as_bytes())
+            )
+        })
+    }
+
+    /// GET `path` (e.g. "/v2/<name>/tags/list") with this registry's credentials and `accept`.
+    pub fn get(&self, path: &str, accept: &str) -> super::util::HttpResponse {
+        let authz = self.auth_header();
+        let mut hdrs = vec![("Accept", accept)];
+        if let Some(a) = &authz {
+            hdrs.push(("Authorization", a));
+        }
+        http(&self.addr, "GET", path, &hdrs, b"")
+            .unwrap_or_else(|e| panic!("registry {}: GET {path}: {e}", self.addr))
+    }
+
+    /// The tags of `name` (empty if the repository does not exist).
+    pub fn tags(&self, name: &str) -> Vec<String> {
+        let r = self.get(&format!("/v2/{name}/tags/list"), "application/json");
+        if r.status != 200 {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("tags of {name}: {e}: {}", r.text()));
+        let mut tags: Vec<String> = v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    /// The manifest (or index) `name:reference` as (media type, exact bytes), if present.
+    pub fn manifest(&self, name: &str, reference: &str) -> Option<(String, Vec<u8>)> {
+        let r = self.get(&format!("/v2/{name}/manifests/{reference}"), MANIFEST_TYPES);
+        (r.status == 200).then(|| {
+            (
+                r.header("Content-Type").unwrap_or_default().to_string(),
+                r.body,
+            )
+        })
+    }
+
+    /// `manifest` parsed as JSON.
+    pub fn manifest_json(&self, name: &str, reference: &str) -> Option<serde_json::Value> {
+        self.manifest(name, reference).map(|(_, b)| {
+            serde_json::from_slice(&b)
+                .unwrap_or_else(|e| panic!("manifest {name}:{reference} is not JSON: {e}"))
+        })
+    }
+
+    /// A blob's bytes, if present.
+    pub fn blob(&self, name: &str, digest: &str) -> Option<Vec<u8>> {
+        let r = self.get(&format!("/v2/{name}/blobs/{digest}"), "*/*");
+        (r.status == 200).then_some(r.body)
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>`: the OCI index the referrers API answers, or the HTTP
+    /// status when it answers anything but 200 (docker-registry 2.8: 404).
+    pub fn referrers(&self, name: &str, digest: &str) -> Result<serde_json::Value, u16> {
+        let r = self.get(
+            &format!("/v2/{name}/referrers/{digest}"),
+            "application/vnd.oci.image.index.v1+json",
+        );
+        if r.status != 200 {
+            return Err(r.status);
+        }
+        Ok(serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("referrers of {name}@{digest}: {e}: {}", r.text())))
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -204,6 +371,12 @@ impl Drop for Registry {
         self.shutdown();
     }
 }
+
+/// Accept header for manifests: OCI and Docker manifests and indexes.
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A bcrypt hash of `password` via perl's crypt(3) (Debian's libxcrypt implements `$2b$`).
 fn bcrypt(password: &str) -> String {
