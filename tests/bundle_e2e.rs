@@ -111,7 +111,10 @@ async fn cosign3_formats_pull_and_run() {
                 (&sig_ref, "signed by cosign3".to_string()),
                 (&att_ref, format!("signed by cosign3; attested: {SPDX}")),
             ] {
-                let d = g.verifier.check_image(image, "default", &Default::default()).await;
+                let d = g
+                    .verifier
+                    .check_image(image, "default", &Default::default())
+                    .await;
                 assert!(d.allowed, "{label}: {image}: {}", d.reason());
                 assert_eq!(d.reason(), reason, "{label}: {image}");
                 let pod = support::try_run_pod(&g.proxy.path, image, "default")
@@ -164,12 +167,11 @@ fn push_referrer(g: &Guarded, kind: RegistryKind, name: &str, subject: &str, lay
             serde_json::json!({"schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []})
         });
-        index["manifests"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        index["manifests"].as_array_mut().unwrap().push(
+            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "size": body.len(), "digest": digest,
-                "artifactType": "application/vnd.oci.empty.v1+json"}));
+                "artifactType": "application/vnd.oci.empty.v1+json"}),
+        );
         support::sign::push_manifest(
             addr,
             None,
@@ -190,7 +192,9 @@ fn first_bundle(g: &Guarded, kind: RegistryKind, name: &str, digest: &str) -> Ve
             .manifest_json(name, &digest.replace(':', "-"))
             .expect("referrers tag"),
     };
-    let m = listing["manifests"][0]["digest"].as_str().expect("a referrer");
+    let m = listing["manifests"][0]["digest"]
+        .as_str()
+        .expect("a referrer");
     let manifest = reg.manifest_json(name, m).expect("referrer manifest");
     let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
     reg.blob(name, layer).expect("bundle")
@@ -254,7 +258,10 @@ async fn cosign3_negatives_are_denied() {
             &image,
             &format!("missing attestation {SPDX}"),
         );
-        let d = g.verifier.check_image(&image, "default", &Default::default()).await;
+        let d = g
+            .verifier
+            .check_image(&image, "default", &Default::default())
+            .await;
         assert!(
             d.attestations()
                 .iter()
@@ -350,6 +357,10 @@ async fn create_container_checks_bundles() {
         .unwrap()
         .into_inner()
         .containers;
-    assert_eq!(containers.len(), 1, "only the good image's container exists");
+    assert_eq!(
+        containers.len(),
+        1,
+        "only the good image's container exists"
+    );
     support::remove_all_pods(&g.bed.containerd_socket()).await;
 }
