@@ -44,17 +44,20 @@
 //!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule;
 //!                                             denials also by credential fingerprint), negative TTL,
 //!                                             tag resolutions, single flight
-//!                            verify::attestations  a rule's required attestations from `.att`
-//!                            verify::cosign   offline checks, no network:
-//!                              mod.rs         one `.sig` layer against one Authority (key or CA)
-//!                              keys           public keys (ECDSA, RSA, Ed25519) and PEM
-//!                              x509           certificate chains at a time, identity, issuer
-//!                              trusted_root   sigstore trusted_root.json → CAs + Rekor keys
-//!                              rekor          SET of a Rekor entry, entry bound to the signature
-//!                              attest         DSSE envelopes, in-toto statements, sigstore
-//!                                             bundles (inclusion proof, checkpoint), conditions
-//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml;
-//!                                             credentials only to their host; per-verification Budget
+//!                            verify::discovery  where signatures/attestations are: `.sig`/`.att`
+//!                                             tags, OCI referrers (API, or referrers tag)
+//!                            verify::attestations  a rule's required attestations (both formats)
+//!                            verify::cosign   offline checks, no network, by what they read:
+//!                              tag/           `.sig` / `.att` tags: simple-signing layers,
+//!                                             docker-reference, DSSE layers, legacy Rekor bundle
+//!                              bundle         Sigstore bundles (sigstore-verify + our gaps)
+//!                              intoto         DSSE envelopes, PAE, in-toto statements
+//!                              conditions     predicate conditions, cosign's --type names
+//!                              trust/         keys, certificate chains + identity, trusted
+//!                                             root, Rekor keys, an attestor's transparency
+//!                            registry         resolve / manifest / blob / referrers with auth,
+//!                                             limits, hosts.toml; credentials only to their host;
+//!                                             per-verification Budget
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!
