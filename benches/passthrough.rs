@@ -11,9 +11,7 @@
 //! cargo build --release && cargo bench --bench passthrough -- --quick # smoke run, ~10 s
 //! ```
 //!
-//! Also: ListImages with 1,000 images (imported with ctr, distinct image IDs), and launch to the
-//! first answered call (spawn -> a Version call answered through the proxy), without and with a
-//! policy. With `CRI_GUARD_BENCH_RESULTS=FILE` every figure is also appended to FILE as JSON
+//! Also: ListImages with 1,000 images (imported with ctr, distinct image IDs). With `CRI_GUARD_BENCH_RESULTS=FILE` every figure is also appended to FILE as JSON
 //! lines for the one report (`scripts/bench.sh`). `CRI_GUARD_CONTAINERD=2.1` runs it on
 //! containerd 2.1.
 //!
@@ -95,13 +93,43 @@ const PATHS: [&str; 3] = ["direct", "socat", "cri-guard"];
 const NS: &str = "bench";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    // `--drive SOCKET N`: only make N sequential Version calls on SOCKET, one connection, and
+    // print the time per call; for profiling a hop (callgrind, perf) with a steady client.
+    if let Some(i) = args.iter().position(|a| a == "--drive") {
+        let socket = PathBuf::from(args.get(i + 1).expect("--drive SOCKET N"));
+        let n: usize = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .expect("--drive SOCKET N");
+        return drive(&socket, n);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let bin = guard_binary();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(run(Plan::new(quick), bin));
+}
+
+fn drive(socket: &Path, n: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut c = Client::new(socket);
+        let start = Instant::now();
+        for _ in 0..n {
+            call(&mut c, &Call::Version).await;
+        }
+        let per = start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "{n} Version calls on {}: {per:.1} us per call",
+            socket.display()
+        );
+    });
 }
 
 /// The release binary, or a clear message and exit 1.
@@ -972,49 +1000,6 @@ async fn run(plan: Plan, bin: PathBuf) {
         serde_json::json!({"median_ms": ready_median.as_secs_f64() * 1e3, "max_ms": ready_max.as_secs_f64() * 1e3, "runs": runs}),
     );
 
-    // Launch to the first answered call, without and with a policy.
-    let policy = write_launch_policy(&dir);
-    let mut first = Vec::new();
-    for (key, with_policy) in [
-        ("first-answer", None),
-        ("first-answer-policy", Some(policy)),
-    ] {
-        let (bin2, csock2, dir2) = (bin.clone(), csock.clone(), dir.join(key));
-        std::fs::create_dir_all(&dir2).expect("first-answer dir");
-        let runs = plan.ready_runs;
-        let mut t: Vec<Duration> = tokio::task::spawn_blocking(move || {
-            (0..runs)
-                .map(|i| {
-                    first_answer(
-                        &bin2,
-                        &dir2.join(format!("f{i}.sock")),
-                        &csock2,
-                        with_policy.as_deref(),
-                    )
-                })
-                .collect()
-        })
-        .await
-        .expect("first-answer runs");
-        t.sort_unstable();
-        let (median, max) = (t[t.len() / 2], t[t.len() - 1]);
-        println!(
-            "Launch to first answered call ({}), {runs} runs: median {:.2} ms, max {:.2} ms",
-            if key == "first-answer" {
-                "no policy"
-            } else {
-                "with a 40-rule policy"
-            },
-            median.as_secs_f64() * 1e3,
-            max.as_secs_f64() * 1e3
-        );
-        results::record(
-            "passthrough",
-            key,
-            serde_json::json!({"median_ms": median.as_secs_f64() * 1e3, "max_ms": max.as_secs_f64() * 1e3, "runs": runs}),
-        );
-        first.push(median);
-    }
     results::record(
         "passthrough",
         "rss",
@@ -1201,74 +1186,4 @@ fn import_images(bed: &TestBed, dir: &Path, n: usize) -> (usize, Duration) {
     let _ = std::fs::remove_dir_all(&layout);
     let _ = std::fs::remove_file(&archive);
     (n, start.elapsed())
-}
-
-/// A policy like a real node's: 40 rules (namespaced, with key attestors), a skip rule for the
-/// pause image, and a required attestation with a condition.
-fn write_launch_policy(dir: &Path) -> PathBuf {
-    let key = support::sign::TestKey::p256().write_public(dir, "launch-key");
-    let mut text = String::from(
-        "default = \"enforce\"\n[[rules]]\nname = \"pause\"\nimageReferences = [\"registry.k8s.io/pause:*\"]\nmode = \"skip\"\n",
-    );
-    for i in 0..40 {
-        text.push_str(&format!(
-            "[[rules]]\nname = \"team-{i}\"\nimageReferences = [\"registry.example.com/team-{i}/*\", \"ghcr.io/org-{i}/*:v*\"]\n\
-             namespaces = [\"team-{i}\", \"team-{i}-*\"]\n[[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
-            key.display()
-        ));
-        if i % 4 == 0 {
-            text.push_str(
-                "[[rules.attestations]]\npredicateType = \"slsaprovenance\"\n\
-                 conditions = [{ path = \"builder.id\", equals = \"https://github.com/actions/runner\" }]\n",
-            );
-        }
-    }
-    let path = dir.join("launch-policy.toml");
-    std::fs::write(&path, text).expect("launch policy");
-    path
-}
-
-/// Spawns cri-guard (with `policy`, if any) on `sock` and returns the time from spawn until a
-/// Version call through it is answered.
-fn first_answer(bin: &Path, sock: &Path, upstream: &Path, policy: Option<&Path>) -> Duration {
-    let log = sock.with_extension("log");
-    let mut cmd = guard_command(bin, sock, upstream, &log);
-    if let Some(p) = policy {
-        cmd.arg("--policy").arg(p);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let start = Instant::now();
-    let child = cmd.spawn().expect("spawn cri-guard");
-    let mut p = Proc {
-        name: "cri-guard",
-        child,
-    };
-    let answered = rt.block_on(async {
-        loop {
-            if StdUnixStream::connect(sock).is_ok() {
-                let r = cri::runtime_client(sock)
-                    .version(cri::VersionRequest {
-                        version: "v1".into(),
-                    })
-                    .await;
-                if r.is_ok() {
-                    return Some(start.elapsed());
-                }
-            }
-            if start.elapsed() > Duration::from_secs(5) {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_micros(50)).await;
-        }
-    });
-    p.stop();
-    answered.unwrap_or_else(|| {
-        panic!(
-            "cri-guard answered no call within 5 s; log:\n{}",
-            support::util::log_tail(&log, 20)
-        )
-    })
 }

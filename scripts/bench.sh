@@ -6,7 +6,7 @@
 # processes used); a MISS is reported, never a failure.
 #
 #   scripts/bench.sh              full run (passthrough on containerd 1.6 and 2.1, verification,
-#                                 CreateContainer, a 120 s soak)
+#                                 CreateContainer, launch to first call, a 120 s soak)
 #   scripts/bench.sh --quick      smoke run (fewer iterations, 30 s soak); not for docs
 #   SOAK_SECONDS=3600 scripts/bench.sh     a longer soak
 #
@@ -48,6 +48,7 @@ run passthrough-1.6 env CRI_GUARD_CONTAINERD=1.6 cargo bench --locked --quiet --
 run passthrough-2.1 env CRI_GUARD_CONTAINERD=2.1 cargo bench --locked --quiet --bench passthrough -- "${quick[@]}"
 run verify cargo bench --locked --quiet --bench verify -- "${quick[@]}"
 run create cargo bench --locked --quiet --bench create -- "${quick[@]}"
+run startup cargo bench --locked --quiet --bench startup -- "${quick[@]}"
 run soak cargo bench --locked --quiet --bench soak -- --seconds "$soak"
 
 out=docs/benchmarks.md

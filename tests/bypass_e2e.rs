@@ -334,7 +334,16 @@ async fn tag_next_to_a_digest_selects_no_rule() {
 /// and the sandbox runs.
 #[tokio::test]
 async fn sandbox_image_is_enforced() {
-    let g = Guarded::start(enforce_rule).await;
+    // containerd 2.x does not report its sandbox image before pulling it: name it, as
+    // docs/policy.md says to on 2.x (1.6 reports it anyway).
+    let g = Guarded::start(|bed, key| {
+        format!(
+            "[sandbox]\nimage = \"{}\"\n{}",
+            bed.pause_image,
+            enforce_rule(bed, key)
+        )
+    })
+    .await;
     let config = support::sandbox_config(&support::unique_name("s"), "default");
     let run = || async {
         cri::runtime_client(&g.proxy.path)

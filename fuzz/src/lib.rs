@@ -196,12 +196,13 @@ pub fn policy(data: &[u8]) {
 struct Trust {
     authorities: Vec<cri_guard::verify::cosign::Authority>,
     rekor: Option<cri_guard::verify::cosign::RekorKeys>,
-    rekor_conformance: Option<cri_guard::verify::cosign::RekorKeys>,
+    /// Transparency material for bundles: none, and each trusted root of the vectors.
+    transparency: Vec<cri_guard::verify::cosign::Transparency>,
 }
 
 fn trust() -> &'static Trust {
     use cri_guard::verify::cosign::{
-        Authority, CertAuthority, CertIdentity, PublicKey, RekorKeys, TrustedRoot,
+        Authority, CertAuthority, CertIdentity, PublicKey, RekorKeys, Transparency, TrustedRoot,
     };
     static TRUST: std::sync::OnceLock<Trust> = std::sync::OnceLock::new();
     TRUST.get_or_init(|| {
@@ -236,7 +237,6 @@ fn trust() -> &'static Trust {
         }
         let rekor = read("testdata/cosign-real/trust/rekor.pub")
             .and_then(|p| RekorKeys::from_pems([p]).ok());
-        let mut rekor_conformance = None;
         if let Some(json) =
             read("testdata/sigstore-conformance/trust/public-good-trusted_root.json")
             && let Ok(root) = TrustedRoot::from_json("conformance", &json)
@@ -244,12 +244,29 @@ fn trust() -> &'static Trust {
             if let Ok(ca) = root.cert_authority("public-good", CertIdentity::default()) {
                 authorities.push(Authority::Certificates(ca));
             }
-            rekor_conformance = Some(root.rekor_keys().clone());
+        }
+        let mut transparency = vec![Transparency::none()];
+        for (name, rel) in [
+            (
+                "conformance",
+                "testdata/sigstore-conformance/trust/public-good-trusted_root.json",
+            ),
+            (
+                "cosign-real",
+                "testdata/cosign-real/trust/trusted_root_pgi.json",
+            ),
+        ] {
+            if let Some(json) = read(rel)
+                && let Ok(root) = TrustedRoot::from_json(name, &json)
+                && let Ok(t) = Transparency::new(name, root.sigstore(), true, 0)
+            {
+                transparency.push(t);
+            }
         }
         Trust {
             authorities,
             rekor,
-            rekor_conformance,
+            transparency,
         }
     })
 }
@@ -365,8 +382,10 @@ pub fn rekor(data: &[u8]) {
 /// DSSE envelopes: sections envelope (layer blob), bundle annotation, certificate, chain,
 /// subject digest. Parsed, verified as a `.att` layer and as a blob attestation.
 pub fn dsse(data: &[u8]) {
-    use cri_guard::verify::cosign::attest::{
-        DSSE_MEDIA_TYPE, Envelope, Statement, verify_attestation_layer, verify_blob_envelope,
+    use cri_guard::verify::cosign::DSSE_MEDIA_TYPE;
+    use cri_guard::verify::cosign::intoto::{Envelope, Statement};
+    use cri_guard::verify::cosign::tag::attestation::{
+        verify_attestation_layer, verify_blob_envelope,
     };
     use cri_guard::verify::cosign::{
         BUNDLE_ANNOTATION, CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, SigLayer,
@@ -401,19 +420,35 @@ pub fn dsse(data: &[u8]) {
     }
 }
 
-/// Sigstore bundles (v0.1-v0.3): the tlog side alone, then in full with every signer.
+/// Sigstore bundles (v0.1-v0.3): parsed, then verified with every signer against every set of
+/// transparency material, as an image signature (cosign 3's sign predicate) and as any
+/// statement about the digest.
 pub fn bundle(data: &[u8]) {
-    use cri_guard::verify::cosign::attest::{verify_bundle, verify_bundle_tlog};
+    use cri_guard::verify::cosign::bundle::{
+        Artifact, BundleExpect, SIGN_PREDICATE_TYPE, parse_bundle, verify_bundle,
+    };
+    if parse_bundle(data).is_err() {
+        return;
+    }
     let t = trust();
     let digest = "sha256:1e4d730332095d38037c0da185cd8bbfc8bf3a130602fd952d59037baad6ae1a";
-    for rekor in [t.rekor.as_ref(), t.rekor_conformance.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let _ = verify_bundle_tlog(data, rekor);
-        for a in &t.authorities {
-            let _ = verify_bundle(data, a, digest, rekor);
+    for predicate_type in [Some(SIGN_PREDICATE_TYPE), None] {
+        let expect = BundleExpect {
+            artifact: Artifact::Digest(digest),
+            predicate_type,
+        };
+        for trust in &t.transparency {
+            for a in &t.authorities {
+                let _ = verify_bundle(data, a, trust, &expect);
+            }
         }
+    }
+    let expect = BundleExpect {
+        artifact: Artifact::Blob(b"blob"),
+        predicate_type: None,
+    };
+    for a in &t.authorities {
+        let _ = verify_bundle(data, a, &t.transparency[0], &expect);
     }
 }
 

@@ -3,9 +3,12 @@
 //! up to four blobs. Reaches the manifest parsing, layer selection, fetch limits and every
 //! signature check that follows, the way a hostile registry operator would.
 //!
-//! Input sections: control byte, `.sig` manifest, `.att` manifest, referrers listing, blob 0..3.
-//! Control bits: 0 = rewrite each manifest layer's digest and size to match blob i (so mutated
-//! payloads are fetched instead of failing the digest check), 1-2 = content type, 3 = the rule
+//! Input sections: control byte, `.sig` manifest (or the first referrer), `.att` manifest (or
+//! the second referrer), referrers listing (served by the referrers API and the referrers tag),
+//! blob 0..3.
+//! Control bits: 0 = rewrite each manifest layer's digest and size to match blob i, and the
+//! listing's entries to match the two manifests (so mutated payloads are fetched instead of
+//! failing the digest check), 1-2 = content type, 3 = the rule
 //! that also requires an attestation, 4 = the cosign 3 sample's digest instead of the cosign-real
 //! one.
 //!
@@ -146,6 +149,22 @@ fn fix_digests(manifest: &[u8], blobs: &[Vec<u8>]) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_else(|_| manifest.to_vec())
 }
 
+/// Rewrites the digest and size of each `manifests[i]` of an index to those of `bodies[i]`.
+fn fix_listing(listing: &[u8], bodies: &[&[u8]]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(listing) else {
+        return listing.to_vec();
+    };
+    if let Some(list) = v.get_mut("manifests").and_then(|l| l.as_array_mut()) {
+        for (m, body) in list.iter_mut().zip(bodies) {
+            if let Some(o) = m.as_object_mut() {
+                o.insert("digest".into(), sha256_digest(body).into());
+                o.insert("size".into(), body.len().into());
+            }
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_else(|_| listing.to_vec())
+}
+
 pub(crate) fn registry(data: &[u8]) {
     let st = state();
     let s = sections(data, 8);
@@ -158,10 +177,17 @@ pub(crate) fn registry(data: &[u8]) {
             m.to_vec()
         }
     };
+    let (sig, att) = (fix(s[1]), fix(s[2]));
+    // The referrers listing names the two manifests by digest: kept in step with them too.
+    let referrers = if ctl & 1 == 1 {
+        fix_listing(s[3], &[&sig, &att])
+    } else {
+        s[3].to_vec()
+    };
     *st.served.lock().unwrap() = Served {
-        sig: fix(s[1]),
-        att: fix(s[2]),
-        referrers: s[3].to_vec(),
+        sig,
+        att,
+        referrers,
         blobs: blobs.clone(),
         content_type: match (ctl >> 1) & 3 {
             0 => "application/vnd.oci.image.manifest.v1+json",
@@ -227,6 +253,15 @@ async fn serve_registry(listener: TcpListener, served: Arc<Mutex<Served>>) {
                     (200, served.content_type, served.sig)
                 } else if tag.ends_with(".att") {
                     (200, served.content_type, served.att)
+                } else if tag.starts_with("sha256:") {
+                    // A manifest by digest (a referrer the listing names).
+                    match [&served.sig, &served.att]
+                        .into_iter()
+                        .find(|m| sha256_digest(m) == tag)
+                    {
+                        Some(m) => (200, served.content_type, m.clone()),
+                        None => (404, "application/json", b"{}".to_vec()),
+                    }
                 } else if tag.starts_with("sha256-") {
                     (
                         200,

@@ -93,7 +93,7 @@ pub(crate) async fn forward(
                 let (parts, rx) = resp.into_parts();
                 let eos = rx.is_end_stream();
                 match respond.send_response(Response::from_parts(parts, ()), eos) {
-                    Ok(tx) if !eos => pipe(rx, tx).await,
+                    Ok(tx) if !eos => pipe(rx, tx, true).await,
                     _ => {}
                 }
             }
@@ -109,7 +109,7 @@ pub(crate) async fn forward(
         Some((rx, tx)) => {
             // The call ends when the response ends; a request still streaming then is dropped.
             let request_side = async move {
-                pipe(rx, tx).await;
+                pipe(rx, tx, false).await;
                 std::future::pending::<()>().await
             };
             tokio::select! {
@@ -121,8 +121,10 @@ pub(crate) async fn forward(
 }
 
 /// Relays one direction of a stream: data with backpressure, then trailers or end of stream.
-/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL).
-async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
+/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL). On the
+/// response side (`response`), a runtime connection that breaks mid-response ends the client's
+/// call with status Unavailable (trailers), so it is never mistaken for a complete answer.
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>, response: bool) {
     loop {
         let next = tokio::select! {
             biased;
@@ -141,7 +143,7 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
                     return;
                 }
             }
-            Some(Err(e)) => return tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+            Some(Err(e)) => return fail(tx, &e, response),
             None => break,
         }
     }
@@ -152,7 +154,26 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
         Ok(None) => {
             let _ = tx.send_data(Bytes::new(), true);
         }
-        Err(e) => tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+        Err(e) => fail(tx, &e, response),
+    }
+}
+
+/// Ends `tx` after its source failed: a reset the runtime (or client) sent is passed on as is;
+/// a broken runtime connection ends a response with status Unavailable.
+fn fail(mut tx: SendStream<Bytes>, e: &h2::Error, response: bool) {
+    match e.reason() {
+        Some(reason) if e.is_remote() || !response => tx.send_reset(reason),
+        _ if response => {
+            let status = unavailable("connection broke during the response", e);
+            let mut trailers = http::HeaderMap::new();
+            for (k, v) in status.to_response().headers() {
+                if k != "content-type" {
+                    trailers.insert(k, v.clone());
+                }
+            }
+            let _ = tx.send_trailers(trailers);
+        }
+        _ => tx.send_reset(Reason::CANCEL),
     }
 }
 
@@ -181,21 +202,30 @@ async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Re
     Ok(())
 }
 
-/// Reads a whole request body, refusing more than `max` bytes. `Err(None)`: the client went away.
+/// Why a body was not read whole.
+pub(crate) enum ReadError {
+    /// The client went away (or reset the stream): nobody to answer.
+    Gone,
+    /// Refused, with this status.
+    Refused(Status),
+}
+
+/// Reads a whole body, refusing more than `max` bytes; `admit` is asked before each chunk is
+/// kept (the intercepted-bytes budget) and may refuse it.
 pub(crate) async fn read_body(
     rx: &mut RecvStream,
     max: usize,
     method: &str,
-) -> Result<Bytes, Option<Status>> {
+    mut admit: impl FnMut(usize) -> Result<(), Status>,
+) -> Result<Bytes, ReadError> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = rx.data().await {
-        let chunk = chunk.map_err(|_| None)?;
+        let chunk = chunk.map_err(|_| ReadError::Gone)?;
         total += chunk.len();
-        let _ = rx.flow_control().release_capacity(chunk.len());
         if total > max {
-            return Err(Some(Status::new(
+            return Err(ReadError::Refused(Status::new(
                 Code::ResourceExhausted,
                 format!(
                     "cri-guard: {method} request larger than {max} bytes refused; raise \
@@ -203,9 +233,17 @@ pub(crate) async fn read_body(
                 ),
             )));
         }
+        admit(chunk.len()).map_err(ReadError::Refused)?;
+        let _ = rx.flow_control().release_capacity(chunk.len());
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
             Some(f) => {
+                // Room for the whole message its gRPC header announces (within `max`), so the
+                // buffer does not grow by doubling past what was admitted.
+                let announced = f.get(1..5).map_or(0, |l| {
+                    u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 5
+                });
+                buf.reserve(announced.min(max).max(f.len() + chunk.len()));
                 buf.extend_from_slice(&f);
                 buf.extend_from_slice(&chunk);
             }
@@ -215,47 +253,58 @@ pub(crate) async fn read_body(
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Forwards a unary call whose successful response must be confirmed before the kubelet sees it:
-/// the response is read whole (headers, message, trailers), handed to `confirm`, and then either
-/// relayed unchanged or replaced by the status `confirm` returns. Error responses pass through.
-pub(crate) async fn forward_confirmed(
+/// The runtime's answer to a confirmed call, read whole, for the client.
+pub(crate) enum Answer {
+    /// The runtime's response, relayed unchanged: headers, message, trailers.
+    Relay {
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// A trailers-only response (an error status from the runtime), relayed unchanged.
+    TrailersOnly(http::response::Parts),
+    /// cri-guard's own status instead (the confirmation refused, or the runtime failed).
+    Status(Status),
+}
+
+/// Sends a unary call to the runtime and, if it succeeds, runs `confirm` on its response,
+/// independently of the client (the caller runs this in its own task, so that the check, and
+/// the removal of an image that fails it, complete even if the client goes away: I1).
+/// The response is read whole (headers, message, trailers); error responses pass through.
+pub(crate) async fn exchange_confirmed(
     head: http::request::Parts,
     body: Bytes,
-    mut respond: SendResponse<Bytes>,
     upstream: SendRequest<Bytes>,
     confirm: Confirm,
-) {
+    max_response: usize,
+) -> Answer {
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+        Err(e) => return Answer::Status(unavailable("connection failed", &e)),
     };
     let response = match upstream.send_request(Request::from_parts(head, ()), false) {
         Ok((response, mut tx)) => {
             let _ = tx.send_data(body, true);
             response
         }
-        Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+        Err(e) => return Answer::Status(unavailable("refused the call", &e)),
     };
     let resp = match response.await {
         Ok(r) => r,
-        Err(e) => return reply(respond, &unavailable("connection broke", &e)),
+        Err(e) => return Answer::Status(unavailable("connection broke", &e)),
     };
     let (parts, mut rx) = resp.into_parts();
     if rx.is_end_stream() {
         // Trailers-only: an error status. Nothing was stored; pass it on.
-        let _ = respond.send_response(Response::from_parts(parts, ()), true);
-        return;
+        return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, 16 << 20, "PullImage response").await {
+    let data = match read_body(&mut rx, max_response, "PullImage response", |_| Ok(())).await {
         Ok(d) => d,
         Err(_) => {
-            return reply(
-                respond,
-                &Status::new(
-                    Code::Unavailable,
-                    "cri-guard: the runtime's response broke off",
-                ),
-            );
+            return Answer::Status(Status::new(
+                Code::Unavailable,
+                "cri-guard: the runtime's response broke off",
+            ));
         }
     };
     let trailers = rx.trailers().await.ok().flatten();
@@ -277,19 +326,40 @@ pub(crate) async fn forward_confirmed(
             )),
         };
         if let Err(status) = verdict {
-            return reply(respond, &status);
+            return Answer::Status(status);
         }
     }
-    let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
-        return;
-    };
-    let _ = tx.send_data(data, false);
-    match trailers {
-        Some(t) => {
-            let _ = tx.send_trailers(t);
+    Answer::Relay {
+        parts,
+        data,
+        trailers,
+    }
+}
+
+/// Gives the client the answer of [`exchange_confirmed`].
+pub(crate) fn answer(mut respond: SendResponse<Bytes>, answer: Answer) {
+    match answer {
+        Answer::Status(status) => reply(respond, &status),
+        Answer::TrailersOnly(parts) => {
+            let _ = respond.send_response(Response::from_parts(parts, ()), true);
         }
-        None => {
-            let _ = tx.send_data(Bytes::new(), true);
+        Answer::Relay {
+            parts,
+            data,
+            trailers,
+        } => {
+            let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
+                return;
+            };
+            let _ = tx.send_data(data, false);
+            match trailers {
+                Some(t) => {
+                    let _ = tx.send_trailers(t);
+                }
+                None => {
+                    let _ = tx.send_data(Bytes::new(), true);
+                }
+            }
         }
     }
 }
