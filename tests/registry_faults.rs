@@ -6,8 +6,9 @@
 //! working without the registry, nothing waits far past the configured bound, and once the
 //! registry answers again the same image is allowed without any intervention.
 //!
-//! Signature format: the `.sig` tag (cosign's old format). The new bundle format (referrers) is
-//! added here when its verification lands.
+//! Both signature formats, signed by real cosign 3: the old `.sig` tag, and the new Sigstore
+//! bundle as an OCI referrer, found through the referrers API (the referrers registry) and
+//! through the referrers tag (docker-registry 2.8).
 //!
 //! Bounds are asserted loosely (a test fails only when a wait is several times the configured
 //! bound): these are correctness tests, not benchmarks.
@@ -25,8 +26,7 @@ use cri_guard::registry::Auth;
 use cri_guard::verify::policy::Policy;
 use cri_guard::verify::{Decision, Outcome, Verifier};
 use front::{Action, Front, Gate, Req};
-use support::Registry;
-use support::sign::{self, TestKey};
+use support::{Cosign, Format, Registry, RegistryKind};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -110,9 +110,23 @@ fn unavailable(d: &Decision) -> bool {
     matches!(&d.outcome, Some(Outcome::Denied(x)) if x.unavailable)
 }
 
-/// Whether a request fetches a signature: the `.sig` manifest or a blob.
-fn is_signature_fetch(r: &Req) -> bool {
-    r.path.contains("/manifests/sha256-") || r.path.contains("/blobs/")
+/// Whether a request looks for or fetches a signature of `format`: the old format's
+/// `sha256-<hex>.sig` tag; the new format's referrers API, referrers tag `sha256-<hex>` and
+/// referrer manifests (by digest); and blobs. The other format's places stay untouched (they
+/// answer 404: nothing is there), so a denial comes from the fault in the format's own place.
+/// On docker-registry (no referrers API) its own 404 for the referrers API is left alone, so
+/// the verifier goes on to the referrers tag, where the fault is.
+fn is_signature_fetch(r: &Req, format: Format, kind: RegistryKind) -> bool {
+    let tag = r.path.split("/manifests/").nth(1).unwrap_or("");
+    r.path.contains("/blobs/")
+        || match format {
+            Format::Old => tag.starts_with("sha256-") && tag.ends_with(".sig"),
+            Format::New => {
+                (r.path.contains("/referrers/") && kind == RegistryKind::Referrers)
+                    || tag.starts_with("sha256:")
+                    || (tag.starts_with("sha256-") && !tag.contains('.'))
+            }
+        }
 }
 
 /// The faults that leave the registry reachable, each applied to signature fetches only (the
@@ -127,10 +141,15 @@ enum Fault {
 }
 
 /// The front's handler for `fault`: `real` answers a path the way the registry would.
-fn faulty(fault: Fault, registry: &str) -> impl Fn(&Req) -> Action + Send + Sync + 'static {
+fn faulty(
+    fault: Fault,
+    format: Format,
+    kind: RegistryKind,
+    registry: &str,
+) -> impl Fn(&Req) -> Action + Send + Sync + 'static {
     let registry = registry.to_string();
     move |r: &Req| {
-        if !is_signature_fetch(r) {
+        if !is_signature_fetch(r, format, kind) {
             return front::pass(r);
         }
         let real = support::util::http(
@@ -211,11 +230,30 @@ key = "{}"
     Verifier::new(Policy::parse("test", &text, dir).unwrap(), None).unwrap()
 }
 
-/// One signed image per name, pushed to `registry`; returns `name:v1` refs via `via`.
-fn push_signed(registry: &Registry, key: &TestKey, names: &[&str]) {
-    for n in names {
-        let (_, digest) = registry.push(n, "v1", None);
-        sign::sign_image(registry.addr(), None, n, &digest, key);
+/// A registry of `kind` with images signed by real cosign in `format`.
+struct Signed {
+    registry: Registry,
+    cosign: Cosign,
+    format: Format,
+}
+
+impl Signed {
+    fn start(dir: &Path, kind: RegistryKind, format: Format) -> Signed {
+        Signed {
+            registry: Registry::start_kind(kind, &dir.join("reg")),
+            cosign: Cosign::generate(&dir.join("cosign")),
+            format,
+        }
+    }
+
+    /// Pushes `name:v1` (content of its own) and signs it; returns its digest.
+    fn push_signed(&self, name: &str) -> String {
+        let (_, digest) = self.registry.push(name, "v1", Some(name));
+        self.cosign.sign(
+            &format!("{}/{name}@{digest}", self.registry.addr()),
+            self.format,
+        );
+        digest
     }
 }
 
@@ -223,12 +261,10 @@ fn push_signed(registry: &Registry, key: &TestKey, names: &[&str]) {
 /// the bound and stays denied while the fault lasts, the image verified before the fault stays
 /// allowed (from the cache, no registry needed), and after the fault the undecided image is
 /// allowed by itself once the short negative TTL has passed.
-#[tokio::test]
-async fn signature_fetch_faults_deny_then_recover() {
+async fn signature_fetch_faults(kind: RegistryKind, format: Format) {
     let dir = support::util::short_tempdir("rf");
-    let key = TestKey::p256();
-    let key_path = key.write_public(dir.path(), "k");
-    let registry = Registry::start(&dir.path().join("reg"));
+    let signed = Signed::start(dir.path(), kind, format);
+    let registry = &signed.registry;
     let faults = [
         Fault::Status500,
         Fault::Truncated,
@@ -242,26 +278,34 @@ async fn signature_fetch_faults_deny_then_recover() {
         .map(|f| format!("{f:?}").to_lowercase())
         .collect();
     names.extend(fresh.iter().map(String::as_str));
-    push_signed(&registry, &key, &names);
+    for n in &names {
+        signed.push_signed(n);
+    }
 
     let front = Front::start(Some(registry.addr()), front::pass).await;
-    let v = policy(dir.path(), &front.addr, &key_path);
+    let v = policy(dir.path(), &front.addr, signed.cosign.public_key_path());
     let warm = format!("{}/warm:v1", front.addr);
     let d = v.check_image(&warm, "default", &Auth::Anonymous).await;
     assert!(d.allowed, "baseline: {}", d.reason());
 
     for (fault, name) in faults.iter().zip(&fresh) {
         let image = format!("{}/{name}:v1", front.addr);
-        front.set(faulty(*fault, registry.addr()));
+        front.set(faulty(*fault, format, kind, registry.addr()));
         let t = Instant::now();
         let d = v.check_image(&image, "default", &Auth::Anonymous).await;
         let took = t.elapsed();
-        assert!(!d.allowed, "{fault:?}: an undecided image was allowed");
+        assert!(
+            !d.allowed,
+            "{format:?}/{kind:?} {fault:?}: an undecided image was allowed"
+        );
         assert!(
             !far_beyond(took, VERIFY_TIMEOUT),
             "{fault:?}: the denial took {took:?} (bound {VERIFY_TIMEOUT:?})"
         );
-        eprintln!("{fault:?}: denied in {took:?}: {}", d.reason());
+        eprintln!(
+            "{format:?}/{kind:?} {fault:?}: denied in {took:?}: {}",
+            d.reason()
+        );
         // Retried while the fault lasts (after the negative TTL): still denied.
         tokio::time::sleep(NEGATIVE_TTL + Duration::from_millis(100)).await;
         let d = v.check_image(&image, "default", &Auth::Anonymous).await;
@@ -281,24 +325,38 @@ async fn signature_fetch_faults_deny_then_recover() {
     }
 }
 
+/// The faults on the old format's `.sig` tag (docker-registry 2.8).
+#[tokio::test]
+async fn signature_fetch_faults_old_format() {
+    signature_fetch_faults(RegistryKind::Distribution, Format::Old).await;
+}
+
+/// The faults on the new format found through the referrers API.
+#[tokio::test]
+async fn signature_fetch_faults_new_format_referrers_api() {
+    signature_fetch_faults(RegistryKind::Referrers, Format::New).await;
+}
+
+/// The faults on the new format found through the referrers tag (docker-registry 2.8).
+#[tokio::test]
+async fn signature_fetch_faults_new_format_referrers_tag() {
+    signature_fetch_faults(RegistryKind::Distribution, Format::New).await;
+}
+
 /// Registry down (nothing listens on its port) and registry slow (requests held past the
 /// timeout): undecided images are denied as unavailable within the bound, cached decisions keep
 /// working, and the same images are allowed once the registry is back.
-#[tokio::test]
-async fn registry_down_and_slow_deny_within_bound_then_recover() {
+async fn registry_down_and_slow(kind: RegistryKind, format: Format) {
     let dir = support::util::short_tempdir("rd");
-    let key = TestKey::p256();
-    let key_path = key.write_public(dir.path(), "k");
-    let registry = Registry::start(&dir.path().join("reg"));
-    push_signed(&registry, &key, &["warm", "down", "slow"]);
+    let signed = Signed::start(dir.path(), kind, format);
+    let registry = &signed.registry;
+    let warm_digest = signed.push_signed("warm");
+    signed.push_signed("down");
+    signed.push_signed("slow");
     let front = Front::start(Some(registry.addr()), front::pass).await;
     let switch = Switch::start(&front.addr).await;
-    let v = policy(dir.path(), &switch.addr, &key_path);
-    let warm = format!(
-        "{}/warm@{}",
-        switch.addr,
-        registry.manifest_digest("warm", "v1").unwrap()
-    );
+    let v = policy(dir.path(), &switch.addr, signed.cosign.public_key_path());
+    let warm = format!("{}/warm@{warm_digest}", switch.addr);
     assert!(
         v.check_image(&warm, "default", &Auth::Anonymous)
             .await
@@ -353,15 +411,39 @@ async fn registry_down_and_slow_deny_within_bound_then_recover() {
     assert!(d.allowed, "slow: not recovered: {}", d.reason());
 }
 
+/// Down and slow, old format.
+#[tokio::test]
+async fn registry_down_and_slow_old_format() {
+    registry_down_and_slow(RegistryKind::Distribution, Format::Old).await;
+}
+
+/// Down and slow, new format through the referrers API.
+#[tokio::test]
+async fn registry_down_and_slow_new_format_referrers_api() {
+    registry_down_and_slow(RegistryKind::Referrers, Format::New).await;
+}
+
+/// Down and slow, new format through the referrers tag.
+#[tokio::test]
+async fn registry_down_and_slow_new_format_referrers_tag() {
+    registry_down_and_slow(RegistryKind::Distribution, Format::New).await;
+}
+
 /// Through the proxy, against a real containerd pulling from the same registry: while the
 /// signature fetches fail (500, then held past the timeout), a pull of a signed image not
 /// verified yet is refused and the image is not in containerd's store, and a CreateContainer of
 /// a signed image that reached the node without cri-guard (pulled straight from containerd) is
 /// refused and creates nothing; an image verified before is still pulled; when the registry
 /// answers again, the refused pull and the refused create go through.
-#[tokio::test]
-async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
-    let g = guarded::Guarded::start(|bed, key| {
+async fn through_the_proxy(format: Format, kind: RegistryKind) {
+    let mut signer = None;
+    let options = if kind == RegistryKind::Referrers {
+        support::BedOptions::default().with_referrers_registry()
+    } else {
+        support::BedOptions::default()
+    };
+    let g = guarded::Guarded::start_with(options, |bed, _| {
+        let cosign = bed.cosign("release");
         let mut text = format!(
             "[fetch]\ntimeout = \"{}ms\"\nverifyTimeout = \"{}ms\"\n[cache]\nnegativeTtl = \"{}ms\"\n\
              [[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\
@@ -371,20 +453,22 @@ async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
             VERIFY_TIMEOUT.as_millis(),
             NEGATIVE_TTL.as_millis(),
             bed.pause_image,
-            key.display()
+            cosign.public_key_path().display()
         );
         if bed.containerd_version() == support::ContainerdVersion::V2_1 {
             text.push_str(&format!("[sandbox]\nimage = \"{}\"\n", bed.pause_image));
         }
+        signer = Some(cosign);
         text
     })
     .await;
-    let reg = &g.bed.registry;
+    let cosign = signer.expect("cosign key");
+    let reg = g.bed.registry_of(kind);
     // Distinct content per image: a create is allowed for any verified repository holding the
     // same digest, so identical images would be decided by the warm one's verification.
     for n in ["warm", "cold", "held", "bypass"] {
-        let (_, digest) = reg.push(n, "v1", Some(n));
-        sign::sign_image(reg.addr(), None, n, &digest, &g.key);
+        let (_, digest) = g.bed.push_to(kind, n, "v1", Some(n));
+        cosign.sign(&format!("{}/{n}@{digest}", reg.addr()), format);
     }
     let front = Front::start(Some(reg.addr()), front::pass).await;
     // containerd and cri-guard both reach the registry through the front (plain HTTP).
@@ -429,7 +513,7 @@ async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
             .len()
     };
 
-    front.set(faulty(Fault::Status500, reg.addr()));
+    front.set(faulty(Fault::Status500, format, kind, reg.addr()));
     let e = g
         .pull(&name("cold"), "default")
         .await
@@ -464,7 +548,7 @@ async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
     let gate = Gate::new();
     let gt = gate.clone();
     front.set(move |r: &Req| {
-        if is_signature_fetch(r) {
+        if is_signature_fetch(r, format, kind) {
             Action::Hold(gt.clone(), r.path.clone())
         } else {
             front::pass(r)
@@ -498,4 +582,16 @@ async fn pulls_and_creates_through_the_proxy_during_registry_faults() {
         .expect("recovered: create");
     assert_eq!(containers(direct.clone()).await, 1);
     support::remove_all_pods(&direct).await;
+}
+
+/// Through the proxy, old format (`.sig` tag on docker-registry 2.8).
+#[tokio::test]
+async fn pulls_and_creates_through_the_proxy_during_registry_faults_old_format() {
+    through_the_proxy(Format::Old, RegistryKind::Distribution).await;
+}
+
+/// Through the proxy, new format (Sigstore bundle found through the referrers API).
+#[tokio::test]
+async fn pulls_and_creates_through_the_proxy_during_registry_faults_new_format() {
+    through_the_proxy(Format::New, RegistryKind::Referrers).await;
 }

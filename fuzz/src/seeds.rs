@@ -246,19 +246,12 @@ fn registry_seeds(out: &mut Vec<(String, Vec<u8>)>) {
         let attest = read_or_empty(&format!("{base}/attest-bundle.manifest.json"));
         let l0 = read_or_empty(&format!("{base}/sign-bundle.layer0.raw"));
         let a0 = read_or_empty(&format!("{base}/attest-bundle.layer0.raw"));
-        out.push((
-            dir.into(),
-            join(&[
-                &[16 | 4],
-                &sign,
-                &attest,
-                &referrers,
-                &l0,
-                &a0,
-                &sign,
-                &attest,
-            ]),
-        ));
+        for ctl in [16u8, 16 | 1, 16 | 8] {
+            out.push((
+                format!("{dir}-{ctl}"),
+                join(&[&[ctl], &sign, &attest, &referrers, &l0, &a0]),
+            ));
+        }
     }
     // cosign-real key signatures: a one-layer `.sig` manifest around each derived layer.
     for c in cases() {
