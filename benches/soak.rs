@@ -336,10 +336,15 @@ async fn main() {
     std::fs::write(
         &policy,
         format!(
-            "default = \"enforce\"\nhostsDir = \"{}\"\n[[rules]]\nname = \"bed\"\nimageReferences = [\"{reg}/*\"]\n\
+            "default = \"enforce\"\nhostsDir = \"{}\"\n[sandbox]\nimage = \"{pause}\"\n\
+             [[rules]]\nname = \"pause\"\nimageReferences = [\"{pause_repo}\"]\nmode = \"skip\"\n\
+             [[rules]]\nname = \"bed\"\nimageReferences = [\"{reg}/soak/*\"]\n\
              [[rules.attestors]]\nname = \"release\"\nkey = \"{}\"\n",
             bed.containerd.certs_dir().display(),
-            key_path.display()
+            key_path.display(),
+            pause = bed.pause_image,
+            // The repository: the runtime holds the pause image by digest once pulled.
+            pause_repo = bed.pause_image.rsplit_once(':').map_or("", |(r, _)| r),
         ),
     )
     .expect("policy");
