@@ -486,6 +486,8 @@ struct PathStats {
 struct Measured {
     label: String,
     stats: [PathStats; 3],
+    /// CPU used by other processes while this was measured, percent of the machine.
+    others: f64,
 }
 
 impl Measured {
@@ -520,6 +522,7 @@ fn record(key: &str, m: &Measured) {
             "guard_added_p50_us": g50, "guard_added_p99_us": g99,
             "ratio_p50": x50, "ratio_p99": x99,
             "guard_cpu_us": m.stats[2].cpu_us, "socat_cpu_us": m.stats[1].cpu_us,
+            "others_cpu_pct": m.others,
         }),
     );
 }
@@ -584,12 +587,13 @@ async fn measure(
             ctx: hop.then(|| cpu[i].1 as f64 / iters as f64),
         }
     });
+    let others = machine.others_since();
     let m = Measured {
         label: label.to_string(),
         stats,
+        others,
     };
     println!();
-    let others = machine.others_since();
     println!(
         "{label}: {iters} calls/path, batches of {batch}, response {size} B; other processes \
          used {others:.0}% CPU"
@@ -922,6 +926,20 @@ async fn run(plan: Plan, bin: PathBuf) {
 
     // ListImages with many images: distinct image IDs, imported with ctr.
     let (n, took) = import_images(&bed, &dir, plan.large_containers);
+    // The CRI plugin learns of imported images asynchronously (containerd 2.x through events):
+    // wait until it lists them all.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        let listed = cri::image_client(&csock)
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .map(|r| r.into_inner().images.len())
+            .unwrap_or(0);
+        if listed >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut listed = 0;
     for c in paths.clients.iter_mut() {
         for _ in 0..5 {

@@ -114,10 +114,11 @@ fn passthrough_rows(r: &Results, cd: &str, rows: &mut Vec<Row>) {
             x(r99)
         );
         let baseline = format!(
-            "direct {:.0} us p50; socat +{:.0} / +{:.0} us",
+            "direct {:.0} us p50; socat +{:.0} / +{:.0} us; other processes {}",
             f(v, "direct_p50_us").unwrap_or(0.0),
             f(v, "socat_added_p50_us").unwrap_or(0.0),
-            f(v, "socat_added_p99_us").unwrap_or(0.0)
+            f(v, "socat_added_p99_us").unwrap_or(0.0),
+            f(v, "others_cpu_pct").map_or("?".into(), |p| format!("{p:.0}% CPU"))
         );
         let ok50 = r50.map(|r| r <= 2.0);
         let verdict = if p99_target && !key.starts_with("version") {
