@@ -334,16 +334,7 @@ async fn tag_next_to_a_digest_selects_no_rule() {
 /// and the sandbox runs.
 #[tokio::test]
 async fn sandbox_image_is_enforced() {
-    // containerd 2.x does not report its sandbox image before pulling it: name it, as
-    // docs/policy.md says to on 2.x (1.6 reports it anyway).
-    let g = Guarded::start(|bed, key| {
-        format!(
-            "[sandbox]\nimage = \"{}\"\n{}",
-            bed.pause_image,
-            enforce_rule(bed, key)
-        )
-    })
-    .await;
+    let g = Guarded::start(enforce_rule).await;
     let config = support::sandbox_config(&support::unique_name("s"), "default");
     let run = || async {
         cri::runtime_client(&g.proxy.path)

@@ -68,9 +68,7 @@ impl Proxy {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let listener = UnixListener::bind(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
-            .map_err(io)?;
+        let listener = bind_with_mode(&path, cfg.socket_mode).map_err(io)?;
         let meta = std::fs::metadata(&path).map_err(io)?;
         let budget = budget::Budget::new(cfg.max_intercepted_buffer);
         Ok(Proxy {
@@ -164,6 +162,25 @@ impl Proxy {
         }
         info!("stopped");
     }
+}
+
+/// Binds a listener at `path` whose socket file has `mode` from the moment it appears: the
+/// socket is made under a temporary name beside `path`, given its mode, then renamed into place
+/// (a socket file made at `path` directly has the umask's mode until it is changed, and a peer
+/// or a test could see it then).
+fn bind_with_mode(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// Makes `path` free for binding: a stale socket (nobody accepting) is removed; a live one or a
