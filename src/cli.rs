@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// The image policy file (TOML); SIGHUP reloads it.
     #[arg(long)]
     pub policy: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on ADDR:PORT or unix:/PATH ("" turns it off)
+    /// [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -111,6 +115,7 @@ impl ServeArgs {
             log_format: self.log_format.clone(),
             log_level: self.log_level.clone(),
             policy: self.policy.clone(),
+            metrics_listen: self.metrics_listen.clone(),
         }
     }
 }

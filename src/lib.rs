@@ -65,6 +65,7 @@ pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod kubelet;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod registry;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
+use cri_guard::metrics::{self, METRICS};
 use cri_guard::notify::{self, Notifier};
 use cri_guard::proxy::grpc::Text;
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
@@ -131,6 +132,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
             Some(loaded) => {
                 let generation = loaded.policy.generation;
+                METRICS.set_registries(metrics::policy_registries(&loaded.policy));
                 match Verifier::new(loaded.policy, Some(cfg.upstream.clone())) {
                     Ok(v) => {
                         let reloader = Reloader::new(
@@ -149,6 +151,14 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 }
             }
         };
+        let policy_status = reloader.as_ref().map(|(_, r)| r.status());
+        METRICS.set_sources(metrics::Sources {
+            policy: policy_status.clone(),
+            cache_entries: reloader.as_ref().map(|(v, _)| {
+                let v = v.clone();
+                Box::new(move || v.cache_entries() as u64) as Box<dyn Fn() -> u64 + Send + Sync>
+            }),
+        });
         let proxy = match Proxy::bind(&cfg, guard) {
             Ok(p) => p,
             Err(e) => {
@@ -178,6 +188,17 @@ fn serve(args: &ServeArgs) -> ExitCode {
             policy = %policy_text,
             "cri-guard ready"
         );
+        if let Some(endpoint) = cfg.metrics_listen.clone() {
+            let health = Arc::new(metrics::http::Health::new(
+                cfg.upstream.clone(),
+                policy_status,
+            ));
+            tokio::spawn(metrics::http::serve(
+                endpoint,
+                health,
+                std::time::Duration::from_secs(10),
+            ));
+        }
         if let Some(interval) = notify::watchdog_interval_from_env().filter(|_| notifier.enabled())
         {
             tracing::info!(interval = ?interval, "sending watchdog pings");
@@ -202,7 +223,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
 fn apply_to(verifier: Verifier) -> reload::Apply {
     let report: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
     Arc::new(move |policy: Policy| {
+        let registries = metrics::policy_registries(&policy);
         verifier.reload(policy).map_err(|e| e.to_string())?;
+        METRICS.set_registries(registries);
         let task = tokio::spawn(report_sandbox_image(verifier.clone())).abort_handle();
         if let Some(previous) = report
             .lock()

@@ -332,6 +332,11 @@ impl Verifier {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Decisions held in the decision cache now (for metrics).
+    pub fn cache_entries(&self) -> usize {
+        self.current().decisions.len()
+    }
+
     /// Cache counters: (hits, misses, verifications run).
     pub fn stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
