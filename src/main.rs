@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
+use cri_guard::cli::{AuditArgs, Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
 use cri_guard::metrics::{self, METRICS};
 use cri_guard::notify::{self, Notifier};
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, policy } => check_config(file, policy),
         Command::Serve(args) => serve(&args),
         Command::Verify(args) => verify(&args),
+        Command::Audit(args) => audit(&args),
         Command::KubeletEndpoint(args) => kubelet_endpoint(&args),
     }
 }
@@ -357,6 +358,108 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     })
+}
+
+/// `cri-guard audit`: see `cri_guard::audit`. Exit codes: 0 all passed, 1 some would be
+/// refused, 2 incomplete (or nothing could be listed), 64 bad policy or arguments.
+fn audit(args: &AuditArgs) -> ExitCode {
+    use cri_guard::audit::{self, Options, Target, dockercfg::DockerConfig};
+    let policy = match Policy::load(&args.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        match Target::parse(t) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("cri-guard audit: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
+    }
+    if !args.node && targets.is_empty() && args.repositories.is_empty() {
+        eprintln!(
+            "cri-guard audit: name what to audit: REGISTRY[/PREFIX]..., --repository REGISTRY/REPOSITORY, or --node"
+        );
+        return ExitCode::from(EX_CONFIG);
+    }
+    let creds = match args
+        .docker_config
+        .clone()
+        .map(|p| (p, true))
+        .or_else(|| audit::dockercfg::default_path().map(|p| (p, false)))
+    {
+        Some((path, required)) => match DockerConfig::load(&path, required) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cri-guard audit: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        None => DockerConfig::default(),
+    };
+    let opts = Options {
+        namespace: args.namespace.clone(),
+        concurrency: usize::from(args.concurrency),
+        page_size: usize::from(args.page_size),
+        max_images: args.max_images.max(1),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cri-guard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client_cfg = cri_guard::verify::registry_config(&policy);
+    let upstream = args.node.then(|| args.runtime.clone());
+    let report = runtime.block_on(async {
+        let verifier = Verifier::new(policy, upstream.clone()).map_err(|e| e.to_string())?;
+        match upstream {
+            Some(socket) => audit::audit_node(&verifier, &socket, &creds, &opts).await,
+            None => {
+                let client =
+                    cri_guard::registry::Registry::new(client_cfg).map_err(|e| e.to_string())?;
+                Ok(audit::audit_registries(
+                    &verifier,
+                    &client,
+                    &targets,
+                    &args.repositories,
+                    &creds,
+                    &opts,
+                )
+                .await)
+            }
+        }
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing could be listed: incomplete (2), not a verdict on any image.
+            eprintln!("cri-guard audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = if args.output == "json" {
+        report.write_json(&mut out)
+    } else {
+        report.write_table(&mut out)
+    };
+    if let Err(e) = written {
+        eprintln!("cri-guard audit: cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::from(report.exit_code())
 }
 
 fn init_tracing(cfg: &Config) {

@@ -292,23 +292,7 @@ impl Verifier {
     }
 
     fn state(policy: Policy) -> Result<State, RegistryError> {
-        let registry = Registry::new(RegistryConfig {
-            hosts_dir: policy.hosts_dir.clone(),
-            insecure: policy
-                .registries
-                .iter()
-                .filter(|(_, s)| s.insecure)
-                .map(|(n, _)| n.clone())
-                .collect(),
-            timeout: policy.fetch.timeout,
-            max_manifest_size: policy.fetch.max_manifest_size,
-            token_hosts: policy
-                .registries
-                .iter()
-                .filter(|(_, s)| !s.token_hosts.is_empty())
-                .map(|(n, s)| (n.clone(), s.token_hosts.clone()))
-                .collect(),
-        })?;
+        let registry = Registry::new(registry_config(&policy))?;
         Ok(State {
             decisions: Cache::new(policy.cache.size),
             resolutions: Cache::new(policy.cache.size.min(4096)),
@@ -583,6 +567,12 @@ impl Verifier {
             .unwrap_or_default()
     }
 
+    /// Credentials to use for `registry` when deciding on images the runtime holds (as if a
+    /// pull from it had been allowed with them), e.g. from a docker config for `cri-guard audit`.
+    pub fn add_credentials(&self, registry: &str, auth: &Auth) {
+        self.remember(registry, auth);
+    }
+
     fn remember(&self, registry: &str, auth: &Auth) {
         if *auth != Auth::Anonymous {
             self.remembered
@@ -686,6 +676,18 @@ impl Verifier {
             .into()
         });
         Ok((d, pin))
+    }
+
+    /// Decides on an image the runtime holds (an entry of its ListImages) as CreateContainer
+    /// would for a pod in `namespace` that names it by its first tag; `Err` is the denial's
+    /// reason.
+    pub async fn check_stored(
+        &self,
+        image: &cri::Image,
+        namespace: &str,
+    ) -> Result<Decision, String> {
+        let names: Vec<&str> = image.repo_tags.iter().map(String::as_str).collect();
+        self.check_held(image, &names, namespace).await
     }
 
     /// Decides on an image the runtime holds, for a pod in `namespace`.
@@ -1003,6 +1005,28 @@ impl Verifier {
             .await;
         warn!(image = %Text(&image), stored = ?stored, removed = removed.is_ok(), "pulled digest not verified; image removed");
         Err(Denial::new(why).status(&image))
+    }
+}
+
+/// How a policy says registries are reached (hosts.toml, plain HTTP, timeouts, token hosts):
+/// what the verifier's registry client uses, and `cri-guard audit` to list registries.
+pub fn registry_config(policy: &Policy) -> RegistryConfig {
+    RegistryConfig {
+        hosts_dir: policy.hosts_dir.clone(),
+        insecure: policy
+            .registries
+            .iter()
+            .filter(|(_, s)| s.insecure)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        timeout: policy.fetch.timeout,
+        max_manifest_size: policy.fetch.max_manifest_size,
+        token_hosts: policy
+            .registries
+            .iter()
+            .filter(|(_, s)| !s.token_hosts.is_empty())
+            .map(|(n, s)| (n.clone(), s.token_hosts.clone()))
+            .collect(),
     }
 }
 
