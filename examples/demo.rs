@@ -863,10 +863,10 @@ async fn main() {
     let decisions: Vec<serde_json::Value> = logged
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "decision")
+        .filter(|v| v["message"] == "decision")
         .collect();
     for d in &decisions {
-        let f = &d["fields"];
+        let f = d;
         println!(
             "     {:<5} {:<15} {:<55} {:<10} {}",
             d["level"].as_str().unwrap_or(""),
@@ -878,7 +878,7 @@ async fn main() {
     }
     if let Some(first) = decisions
         .iter()
-        .find(|d| d["fields"]["result"] == "deny")
+        .find(|d| d["result"] == "deny")
     {
         println!("     one line in full:\n     {first}");
     }

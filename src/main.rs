@@ -469,7 +469,8 @@ fn init_tracing(cfg: &Config) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
+        // Fields at the top level of each object, where log pipelines look for them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }

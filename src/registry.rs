@@ -34,6 +34,8 @@ use bytes::{Bytes, BytesMut};
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
+use crate::metrics::METRICS;
+
 /// Manifest media types we accept (Docker v2 and OCI, single and multi-platform).
 pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
@@ -231,6 +233,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The `kind` label of `cri_guard_registry_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryError::Unreachable { .. } => "unreachable",
+            RegistryError::Status { .. } => "status",
+            RegistryError::Unauthorized { .. } => "unauthorized",
+            RegistryError::TooLarge { .. } => "too_large",
+            RegistryError::DigestMismatch { .. } => "digest_mismatch",
+            RegistryError::OverBudget { .. } => "over_budget",
+            RegistryError::Malformed(_) => "malformed",
+        }
+    }
+
     /// True when the registry was not reachable (the kubelet's `RegistryUnavailable`).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, RegistryError::Unreachable { .. })
@@ -366,9 +381,13 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = read_limited(resp, &url, self.cfg.max_manifest_size).await?;
+        let body = counted(
+            repo.registry(),
+            read_limited(resp, &url, self.cfg.max_manifest_size).await,
+        )?;
         let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
         if valid_digest(reference) && reference != digest {
+            METRICS.registry_error(repo.registry(), "digest_mismatch");
             return Err(RegistryError::DigestMismatch {
                 url,
                 expected: reference.to_string(),
@@ -400,11 +419,12 @@ impl Registry {
             self.endpoint(repo.registry()),
             repo.repository()
         );
-        charge_blob(&url)?;
+        counted(repo.registry(), charge_blob(&url))?;
         let resp = self.send(reqwest::Method::GET, &url, repo, auth).await?;
-        let body = read_limited(resp, &url, limit).await?;
+        let body = counted(repo.registry(), read_limited(resp, &url, limit).await)?;
         let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
         if actual != digest {
+            METRICS.registry_error(repo.registry(), "digest_mismatch");
             return Err(RegistryError::DigestMismatch {
                 url,
                 expected: digest.into(),
@@ -474,8 +494,24 @@ impl Registry {
     }
 
     /// Sends one request to `registry`, answering a bearer-token challenge once with a token
-    /// for `scope`.
+    /// for `scope`. Counted in the metrics (a 404 is an answer: "not there", not an error).
     async fn send_scoped(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        registry: &str,
+        scope: &str,
+        auth: &Auth,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let r = self.send_once(method, url, registry, scope, auth).await;
+        match &r {
+            Err(RegistryError::Status { status: 404, .. }) | Ok(_) => {}
+            Err(e) => METRICS.registry_error(registry, e.kind()),
+        }
+        r
+    }
+
+    async fn send_once(
         &self,
         method: reqwest::Method,
         url: &str,
@@ -491,6 +527,7 @@ impl Registry {
                 .filter(|(_, exp)| *exp > Instant::now())
                 .map(|(t, _)| t.clone())
         };
+        METRICS.registry_request(registry);
         let first = self
             .request(method.clone(), url, cached.as_deref(), auth)
             .await?;
@@ -517,6 +554,7 @@ impl Registry {
         } else {
             &Auth::Anonymous
         };
+        METRICS.registry_request(registry);
         let (token, ttl) = self
             .fetch_token(&realm, service.as_deref(), scope, token_auth)
             .await?;
@@ -533,6 +571,7 @@ impl Registry {
             }
             tokens.insert(key, (token.clone(), Instant::now() + ttl));
         }
+        METRICS.registry_request(registry);
         let second = self.request(method, url, Some(&token), auth).await?;
         if second.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized { url: url.into() });
@@ -623,6 +662,14 @@ impl Registry {
         // Refresh a little early.
         Ok((token.to_string(), Duration::from_secs(ttl - ttl / 10)))
     }
+}
+
+/// `r`, with an error counted for `registry` in the metrics.
+fn counted<T>(registry: &str, r: Result<T, RegistryError>) -> Result<T, RegistryError> {
+    if let Err(e) = &r {
+        METRICS.registry_error(registry, e.kind());
+    }
+    r
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> RegistryError {

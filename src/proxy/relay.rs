@@ -19,6 +19,7 @@ use http::{Request, Response};
 use super::grpc::{self, Code, Status};
 use super::intercept::Confirm;
 use crate::cri::PullImageResponse;
+use crate::metrics::{METRICS, method_index};
 use prost::Message;
 
 /// A request body: still arriving, or already read whole (an intercepted call).
@@ -47,9 +48,15 @@ pub(crate) async fn forward(
     mut respond: SendResponse<Bytes>,
     upstream: SendRequest<Bytes>,
 ) {
+    // Counted per method: one relaxed atomic add on a counter made at start.
+    let method = method_index(head.uri.path());
+    METRICS.relayed(method);
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+        Err(e) => {
+            METRICS.relay_failed(method);
+            return reply(respond, &unavailable("connection failed", &e));
+        }
     };
     let request = Request::from_parts(head, ());
 
@@ -60,7 +67,10 @@ pub(crate) async fn forward(
                 let _ = tx.send_data(bytes, true);
                 (response, None)
             }
-            Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+            Err(e) => {
+                METRICS.relay_failed(method);
+                return reply(respond, &unavailable("refused the call", &e));
+            }
         },
         Body::Stream(mut rx) => {
             let mut first = None;
@@ -82,7 +92,10 @@ pub(crate) async fn forward(
                         (response, (!done).then_some((rx, tx)))
                     }
                 }
-                Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+                Err(e) => {
+                    METRICS.relay_failed(method);
+                    return reply(respond, &unavailable("refused the call", &e));
+                }
             }
         }
     };
@@ -92,16 +105,24 @@ pub(crate) async fn forward(
             Ok(resp) => {
                 let (parts, rx) = resp.into_parts();
                 let eos = rx.is_end_stream();
-                match respond.send_response(Response::from_parts(parts, ()), eos) {
+                let trailers_only_error = eos && error_status(&parts.headers);
+                let failed = match respond.send_response(Response::from_parts(parts, ()), eos) {
                     Ok(tx) if !eos => pipe(rx, tx).await,
-                    _ => {}
+                    _ => trailers_only_error,
+                };
+                if failed {
+                    METRICS.relay_failed(method);
                 }
             }
-            Err(e) => match e.reason() {
-                // The runtime reset the stream: pass the reset on, as a direct client would see it.
-                Some(reason) if e.is_remote() => respond.send_reset(reason),
-                _ => reply(respond, &unavailable("connection broke", &e)),
-            },
+            Err(e) => {
+                METRICS.relay_failed(method);
+                match e.reason() {
+                    // The runtime reset the stream: pass the reset on, as a direct client
+                    // would see it.
+                    Some(reason) if e.is_remote() => respond.send_reset(reason),
+                    _ => reply(respond, &unavailable("connection broke", &e)),
+                }
+            }
         }
     };
     match rest {
@@ -109,7 +130,7 @@ pub(crate) async fn forward(
         Some((rx, tx)) => {
             // The call ends when the response ends; a request still streaming then is dropped.
             let request_side = async move {
-                pipe(rx, tx).await;
+                let _ = pipe(rx, tx).await;
                 std::future::pending::<()>().await
             };
             tokio::select! {
@@ -122,38 +143,53 @@ pub(crate) async fn forward(
 
 /// Relays one direction of a stream: data with backpressure, then trailers or end of stream.
 /// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL).
-async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) {
+/// Returns whether the stream ended in an error: a reset, or trailers with a gRPC error status.
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) -> bool {
     loop {
         let next = tokio::select! {
             biased;
             d = rx.data() => d,
-            _ = poll_fn(|cx| tx.poll_reset(cx)) => return,
+            _ = poll_fn(|cx| tx.poll_reset(cx)) => return true,
         };
         match next {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 let eos = rx.is_end_stream();
                 if send_all(&mut tx, chunk, eos).await.is_err() {
-                    return;
+                    return true;
                 }
                 let _ = rx.flow_control().release_capacity(n);
                 if eos {
-                    return;
+                    return false;
                 }
             }
-            Some(Err(e)) => return tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+            Some(Err(e)) => {
+                tx.send_reset(e.reason().unwrap_or(Reason::CANCEL));
+                return true;
+            }
             None => break,
         }
     }
     match rx.trailers().await {
         Ok(Some(trailers)) => {
+            let failed = error_status(&trailers);
             let _ = tx.send_trailers(trailers);
+            failed
         }
         Ok(None) => {
             let _ = tx.send_data(Bytes::new(), true);
+            false
         }
-        Err(e) => tx.send_reset(e.reason().unwrap_or(Reason::CANCEL)),
+        Err(e) => {
+            tx.send_reset(e.reason().unwrap_or(Reason::CANCEL));
+            true
+        }
     }
+}
+
+/// Whether headers (or trailers) carry a gRPC status other than OK.
+fn error_status(h: &http::HeaderMap) -> bool {
+    h.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
 }
 
 /// Sends `chunk` within the peer's flow-control window, waiting for capacity as needed; the
@@ -225,31 +261,38 @@ pub(crate) async fn forward_confirmed(
     upstream: SendRequest<Bytes>,
     confirm: Confirm,
 ) {
+    let method = method_index(head.uri.path());
+    METRICS.relayed(method);
+    let failed = |respond, status: &Status| {
+        METRICS.relay_failed(method);
+        reply(respond, status)
+    };
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+        Err(e) => return failed(respond, &unavailable("connection failed", &e)),
     };
     let response = match upstream.send_request(Request::from_parts(head, ()), false) {
         Ok((response, mut tx)) => {
             let _ = tx.send_data(body, true);
             response
         }
-        Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+        Err(e) => return failed(respond, &unavailable("refused the call", &e)),
     };
     let resp = match response.await {
         Ok(r) => r,
-        Err(e) => return reply(respond, &unavailable("connection broke", &e)),
+        Err(e) => return failed(respond, &unavailable("connection broke", &e)),
     };
     let (parts, mut rx) = resp.into_parts();
     if rx.is_end_stream() {
         // Trailers-only: an error status. Nothing was stored; pass it on.
+        METRICS.relay_failed(method);
         let _ = respond.send_response(Response::from_parts(parts, ()), true);
         return;
     }
     let data = match read_body(&mut rx, 16 << 20, "PullImage response").await {
         Ok(d) => d,
         Err(_) => {
-            return reply(
+            return failed(
                 respond,
                 &Status::new(
                     Code::Unavailable,
@@ -279,6 +322,8 @@ pub(crate) async fn forward_confirmed(
         if let Err(status) = verdict {
             return reply(respond, &status);
         }
+    } else {
+        METRICS.relay_failed(method);
     }
     let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
         return;
