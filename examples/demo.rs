@@ -17,7 +17,6 @@
 //! processes are stopped by PID, the temp dir is removed, nothing is left under /var.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -178,11 +177,8 @@ fn generate_sbom(bed: &support::TestBed, name: &str, digest: &str, out: &Path) -
     }
     walk(&work, &work, &mut files);
     let _ = std::fs::remove_dir_all(&work);
-    let (_, busybox_version, _) = run(Command::new("dpkg-query").args([
-        "-W",
-        "-f=${Version}",
-        "busybox-static",
-    ]));
+    let (_, busybox_version, _) =
+        run(Command::new("dpkg-query").args(["-W", "-f=${Version}", "busybox-static"]));
     let doc = serde_json::json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -384,7 +380,11 @@ async fn main() {
             .join("\n")
     );
     for (image, allowed, note) in [
-        (&app, true, " [new format: needs Sigstore bundle verification]"),
+        (
+            &app,
+            true,
+            " [new format: needs Sigstore bundle verification]",
+        ),
         (&legacy, true, ""),
         (&unsigned, false, ""),
     ] {
@@ -395,7 +395,10 @@ async fn main() {
             sign_policy.to_str().unwrap(),
             image,
         ];
-        show_cmd(&dir, &["cri-guard verify --policy policy-signed.toml", image]);
+        show_cmd(
+            &dir,
+            &["cri-guard verify --policy policy-signed.toml", image],
+        );
         let (code, out, err) = run(Command::new(args[0]).args(&args[1..]));
         show_output(&out, 6);
         demo.check(
@@ -464,7 +467,11 @@ async fn main() {
     demo.note("policy.toml: policy-signed.toml plus, for demo/*, a signed SPDX SBOM:");
     demo.note("  [[rules.attestations]]  predicateType = \"spdxjson\"");
     for (image, allowed, note) in [
-        (&app, true, " [new format: needs Sigstore bundle verification]"),
+        (
+            &app,
+            true,
+            " [new format: needs Sigstore bundle verification]",
+        ),
         (&legacy, true, ""),
         (&nosbom, false, ""),
     ] {
@@ -486,7 +493,11 @@ async fn main() {
     // -------------------------------------------------------------------------------- 4
     demo.step("4. Install the guard on a node (the DaemonSet's installer, on a temp root)");
     let root = dir.join("node-root");
-    for d in ["var/lib/kubelet", "usr/lib/systemd/system", "etc/systemd/system"] {
+    for d in [
+        "var/lib/kubelet",
+        "usr/lib/systemd/system",
+        "etc/systemd/system",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     for unit in ["kubelet", "containerd"] {
@@ -515,7 +526,9 @@ async fn main() {
     .unwrap();
     show_cmd(
         &dir,
-        &["CRI_GUARD_SET_KUBELET_ENDPOINT=true deploy/installer/cri-guard-node.sh --root $DEMO/node-root --offline install"],
+        &[
+            "CRI_GUARD_SET_KUBELET_ENDPOINT=true deploy/installer/cri-guard-node.sh --root $DEMO/node-root --offline install",
+        ],
     );
     let (code, out, err) = run(Command::new("bash")
         .arg(repo.join("deploy/installer/cri-guard-node.sh"))
@@ -598,7 +611,11 @@ async fn main() {
     let (status, body) = http_get(&guard.metrics, "/readyz");
     demo.check(
         status == 200,
-        format!("GET http://{}/readyz -> {status} {}", guard.metrics, body.trim()),
+        format!(
+            "GET http://{}/readyz -> {status} {}",
+            guard.metrics,
+            body.trim()
+        ),
     );
     let mut rt = cri::runtime_client(&guard_sock);
     let img = cri::image_client(&guard_sock);
@@ -620,7 +637,10 @@ async fn main() {
             .unwrap_or("")
             .to_string()
     };
-    demo.check(code == 1, format!("exit {code}: some images would be refused"));
+    demo.check(
+        code == 1,
+        format!("exit {code}: some images would be refused"),
+    );
     demo.check(
         line_for(&legacy).contains(" pass "),
         "demo/legacy passes (old-format signature and SBOM)",
@@ -687,7 +707,10 @@ async fn main() {
                     && e.message().starts_with("SignatureValidationFailed: "),
                 format!("PullImage {unsigned} -> {:?}: {}", e.code(), e.message()),
             );
-            demo.note(format!("kubectl describe pod: {}", kubelet_view(&unsigned, &e)));
+            demo.note(format!(
+                "kubectl describe pod: {}",
+                kubelet_view(&unsigned, &e)
+            ));
         }
     }
     demo.check(
@@ -702,8 +725,7 @@ async fn main() {
     match pull(app.clone()).await {
         Ok(image_ref) => {
             demo.check(true, format!("PullImage {app} -> {}", short(&image_ref)));
-            let mut config =
-                support::container_config("app", &image_ref, &["/bin/sleep", "3600"]);
+            let mut config = support::container_config("app", &image_ref, &["/bin/sleep", "3600"]);
             config.image.as_mut().unwrap().user_specified_image = app.clone();
             intercepted += 1;
             match rt
@@ -719,7 +741,10 @@ async fn main() {
                     demo.check(true, format!("CreateContainer -> {}", short(&container_id)));
                 }
                 Err(e) => {
-                    demo.check(false, format!("CreateContainer: {:?} {}", e.code(), e.message()));
+                    demo.check(
+                        false,
+                        format!("CreateContainer: {:?} {}", e.code(), e.message()),
+                    );
                 }
             }
         }
@@ -745,11 +770,18 @@ async fn main() {
         let exec = rt
             .exec_sync(cri::ExecSyncRequest {
                 container_id: container_id.clone(),
-                cmd: vec!["echo".into(), "hello from a signed pod behind cri-guard".into()],
+                cmd: vec![
+                    "echo".into(),
+                    "hello from a signed pod behind cri-guard".into(),
+                ],
                 timeout: 10,
             })
             .await
-            .map(|r| String::from_utf8_lossy(&r.into_inner().stdout).trim().to_string());
+            .map(|r| {
+                String::from_utf8_lossy(&r.into_inner().stdout)
+                    .trim()
+                    .to_string()
+            });
         demo.check(
             exec.as_deref().ok() == Some("hello from a signed pod behind cri-guard"),
             format!("ExecSync -> {exec:?}"),
@@ -762,7 +794,11 @@ async fn main() {
     let imported = format!("{reg}/demo/sneaked");
     show_cmd(
         &dir,
-        &["ctr -n k8s.io image import --base-name", &imported, "sneaked.tar"],
+        &[
+            "ctr -n k8s.io image import --base-name",
+            &imported,
+            "sneaked.tar",
+        ],
     );
     let names = tokio::task::block_in_place(|| bed.ctr_import(&archive, &imported));
     demo.check(
@@ -801,7 +837,10 @@ async fn main() {
     );
     show_cmd(
         &dir,
-        &["cri-guard audit --policy policy.toml --node --runtime", &sock.display().to_string()],
+        &[
+            "cri-guard audit --policy policy.toml --node --runtime",
+            &sock.display().to_string(),
+        ],
     );
     let (code, out, _) = run(Command::new(&bin)
         .args(["audit", "--policy"])
@@ -876,10 +915,7 @@ async fn main() {
             f["reason"].as_str().unwrap_or("")
         );
     }
-    if let Some(first) = decisions
-        .iter()
-        .find(|d| d["result"] == "deny")
-    {
+    if let Some(first) = decisions.iter().find(|d| d["result"] == "deny") {
         println!("     one line in full:\n     {first}");
     }
     demo.check(
@@ -891,7 +927,9 @@ async fn main() {
     );
 
     // ------------------------------------------------------------------------------- more
-    demo.step("11. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline");
+    demo.step(
+        "11. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline",
+    );
     keyless(&mut demo, &bin, &bed);
 
     demo.step("12. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
@@ -902,20 +940,30 @@ async fn main() {
                 tonic_prost::ProstCodec::<cri::VersionRequest, cri::VersionResponse>::default();
             let path =
                 http::uri::PathAndQuery::from_static("/runtime.v1alpha2.RuntimeService/Version");
-            grpc.unary(tonic::Request::new(cri::VersionRequest::default()), path, codec)
-                .await
+            grpc.unary(
+                tonic::Request::new(cri::VersionRequest::default()),
+                path,
+                codec,
+            )
+            .await
         }
         Err(e) => Err(tonic::Status::unavailable(e.to_string())),
     };
     match alpha {
         Err(s) => demo.check(
             s.code() == tonic::Code::Unimplemented,
-            format!("runtime.v1alpha2 Version -> {:?}: {}", s.code(), s.message()),
+            format!(
+                "runtime.v1alpha2 Version -> {:?}: {}",
+                s.code(),
+                s.message()
+            ),
         ),
         Ok(_) => demo.check(false, "runtime.v1alpha2 was answered"),
     };
 
-    demo.step("13. containerd restarts under cri-guard: calls fail fast, then recover by themselves");
+    demo.step(
+        "13. containerd restarts under cri-guard: calls fail fast, then recover by themselves",
+    );
     tokio::task::block_in_place(|| bed.containerd.kill());
     let err = rt.version(cri::VersionRequest::default()).await;
     demo.check(
@@ -930,7 +978,10 @@ async fn main() {
     );
     std::thread::sleep(Duration::from_millis(1100));
     let (status, body) = http_get(&guard.metrics, "/readyz");
-    demo.check(status == 503, format!("/readyz -> {status} {}", body.trim()));
+    demo.check(
+        status == 503,
+        format!("/readyz -> {status} {}", body.trim()),
+    );
     tokio::task::block_in_place(|| bed.containerd.start_again());
     let v = rt.version(cri::VersionRequest::default()).await;
     demo.check(

@@ -192,7 +192,10 @@ async fn dispatch(
     }
     let send = match upstream {
         Some(u) => u.send.clone(),
-        None => match connect(shared).await.inspect(|_| METRICS.upstream_connect(true)) {
+        None => match connect(shared)
+            .await
+            .inspect(|_| METRICS.upstream_connect(true))
+        {
             Ok(u) => upstream.insert(u).send.clone(),
             Err(status) => {
                 METRICS.upstream_connect(false);
@@ -242,7 +245,11 @@ async fn intercepted(
     };
     // The guard writes the call's decision line (and counts it).
     let verdict = shared.guard.decide(&call).await;
-    debug!(method, micros = started.elapsed().as_micros() as u64, "intercepted call decided");
+    debug!(
+        method,
+        micros = started.elapsed().as_micros() as u64,
+        "intercepted call decided"
+    );
     match verdict {
         Verdict::Forward => relay::forward(head, Body::Buffered(bytes), respond, send).await,
         Verdict::ForwardAppended(extra) => {

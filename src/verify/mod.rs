@@ -291,12 +291,15 @@ impl Limiter {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Denial {
                 busy: true,
-                ..Denial::of(ReasonClass::Busy, format!(
-                    "not verified now: cri-guard is running its limit of {} verifications with \
+                ..Denial::of(
+                    ReasonClass::Busy,
+                    format!(
+                        "not verified now: cri-guard is running its limit of {} verifications with \
                      {} more waiting (fetch.maxConcurrentVerifications, \
                      fetch.maxQueuedVerifications); the kubelet retries",
-                    self.running, self.queue
-                ))
+                        self.running, self.queue
+                    ),
+                )
             });
         }
         let _waiting = Waiting(&self.waiting);
@@ -1145,15 +1148,18 @@ fn holds(found: &cri::Image, r: &Reference) -> bool {
 }
 
 fn no_rule(namespace: &str, mode: Mode) -> Denial {
-    Denial::of(ReasonClass::NoRule, format!(
-        "no policy rule matches this image{} (policy default: {})",
-        if namespace.is_empty() {
-            String::new()
-        } else {
-            format!(" in namespace {namespace}")
-        },
-        mode.as_str()
-    ))
+    Denial::of(
+        ReasonClass::NoRule,
+        format!(
+            "no policy rule matches this image{} (policy default: {})",
+            if namespace.is_empty() {
+                String::new()
+            } else {
+                format!(" in namespace {namespace}")
+            },
+            mode.as_str()
+        ),
+    )
 }
 
 fn no_digest(id: &str) -> String {
@@ -1564,7 +1570,11 @@ impl Verifier {
         }
     }
 
-    async fn decide_pull(&self, req: &cri::PullImageRequest, started: std::time::Instant) -> Verdict {
+    async fn decide_pull(
+        &self,
+        req: &cri::PullImageRequest,
+        started: std::time::Instant,
+    ) -> Verdict {
         const METHOD: &str = "PullImage";
         let image = req.image.as_ref().map(|s| s.image.as_str()).unwrap_or("");
         // The namespace a pull claims is the kubelet's word (no sandbox the runtime knows yet):
