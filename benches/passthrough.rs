@@ -87,13 +87,43 @@ const PATHS: [&str; 3] = ["direct", "socat", "cri-guard"];
 const NS: &str = "bench";
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    // `--drive SOCKET N`: only make N sequential Version calls on SOCKET, one connection, and
+    // print the time per call; for profiling a hop (callgrind, perf) with a steady client.
+    if let Some(i) = args.iter().position(|a| a == "--drive") {
+        let socket = PathBuf::from(args.get(i + 1).expect("--drive SOCKET N"));
+        let n: usize = args
+            .get(i + 2)
+            .and_then(|n| n.parse().ok())
+            .expect("--drive SOCKET N");
+        return drive(&socket, n);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let bin = guard_binary();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(run(Plan::new(quick), bin));
+}
+
+fn drive(socket: &Path, n: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut c = Client::new(socket);
+        let start = Instant::now();
+        for _ in 0..n {
+            call(&mut c, &Call::Version).await;
+        }
+        let per = start.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+        println!(
+            "{n} Version calls on {}: {per:.1} us per call",
+            socket.display()
+        );
+    });
 }
 
 /// The release binary, or a clear message and exit 1.

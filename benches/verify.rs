@@ -4,8 +4,12 @@
 //! 1. Cache-hit decision: `Verifier::check_image` on an already verified digest / tag reference,
 //!    against its parts (`Reference` parse, `Policy::matching`, a bare `Cache::get`).
 //! 2. Cold verification of a key-signed image on the bed's local registry: registry round trips
-//!    (counted by a TCP forwarder in this process that parses request heads), and time against
-//!    the same raw HTTP requests made by a plain reqwest client, interleaved batches.
+//!    (requests counted by a TCP forwarder in this process that parses request heads; rounds,
+//!    the sequential depth, by a delay the forwarder adds to each request), and time against the
+//!    same raw HTTP requests made by a plain reqwest client, interleaved batches. For the old
+//!    format (`.sig` tag) and the new one (a Sigstore bundle as an OCI referrer, cosign 3's
+//!    default), found through the referrers API (the bed's referrers registry) and through the
+//!    referrers tag (docker-registry 2.8).
 //! 3. 200 concurrent `check_image` calls on one unverified digest: verifications run, wrong
 //!    answers, registry requests, wall time.
 //! 4. Resident memory with 100,000 cached decisions (measured in a fresh child process).
@@ -34,11 +38,15 @@ use cri_guard::verify::cosign::{self, SigLayer};
 use cri_guard::verify::policy::Policy;
 use cri_guard::verify::{Outcome, Verifier};
 use oci_client::Reference;
-use support::TestBed;
 use support::sign::TestKey;
+use support::{BedOptions, RegistryKind, TestBed};
 
 const NS: &str = "default";
 const REPO: &str = "vbench";
+/// Repository of the new-format (Sigstore bundle) images, on both registries.
+const NEW_REPO: &str = "vbench-new";
+/// Delay the forwarder adds to each request when it measures rounds.
+const ROUND_DELAY: Duration = Duration::from_millis(100);
 const OCI_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 const MANIFEST_TYPES: &str = cri_guard::registry::MANIFEST_TYPES;
 
@@ -111,22 +119,36 @@ fn main() {
             .trim()
     );
 
-    let bed = TestBed::start_blocking();
+    let bed = TestBed::start_with_blocking(BedOptions::default().with_referrers_registry());
     let key = TestKey::p256();
     let key_path = key.write_public(bed.dir.path(), "release");
     let images = make_images(&bed, &key, plan.cold_iters + 2);
     let unsigned = push_variant(bed.registry.addr(), &base_manifest(&bed), "unsigned", "u");
+    let refs = bed.registry_of(RegistryKind::Referrers).addr().to_string();
+    let new_api = make_new_images(&bed, RegistryKind::Referrers, &key, plan.cold_iters + 2);
+    let new_tag = make_new_images(&bed, RegistryKind::Distribution, &key, plan.cold_iters + 2);
     let fwd = Forwarder::start(bed.registry.addr().to_string());
+    let fwd_refs = Forwarder::start(refs.clone());
     let fwd_hosts = bed.dir.path().join("fwd-certs.d");
     write_hosts(&fwd_hosts, bed.registry.addr(), &fwd.addr);
+    write_hosts(&fwd_hosts, &refs, &fwd_refs.addr);
     let env = Env {
         reg: bed.registry.addr().to_string(),
-        direct_policy: policy_text(&bed.containerd.certs_dir(), bed.registry.addr(), &key_path),
-        fwd_policy: policy_text(&fwd_hosts, bed.registry.addr(), &key_path),
+        direct_policy: policy_text(
+            &bed.containerd.certs_dir(),
+            bed.registry.addr(),
+            &refs,
+            &key_path,
+        ),
+        fwd_policy: policy_text(&fwd_hosts, bed.registry.addr(), &refs, &key_path),
         base: bed.dir.path().to_path_buf(),
         images,
         unsigned,
         fwd,
+        refs,
+        new_api,
+        new_tag,
+        fwd_refs,
     };
     println!(
         "setup: test bed + {} signed images in {:.1} s; registry {} (plain HTTP), forwarder {}",
@@ -142,6 +164,7 @@ fn main() {
         .expect("runtime");
     rt.block_on(cache_hit(&plan, &env));
     rt.block_on(cold(&plan, &env));
+    rt.block_on(cold_new(&plan, &env));
     println!();
     println!(
         "== 3. {} concurrent check_image on one unverified digest (fresh Verifier each, via the \
@@ -178,6 +201,13 @@ struct Env {
     images: Vec<Img>,
     unsigned: Img,
     fwd: Forwarder,
+    /// The referrers registry (refreg).
+    refs: String,
+    /// New-format images on the referrers registry (found through the API).
+    new_api: Vec<Img>,
+    /// New-format images on docker-registry 2.8 (found through the referrers tag).
+    new_tag: Vec<Img>,
+    fwd_refs: Forwarder,
 }
 
 impl Env {
@@ -194,8 +224,9 @@ impl Env {
     }
 }
 
-/// A realistic policy: a skip rule and two team rules before the one that matches the bed.
-fn policy_text(hosts_dir: &Path, reg: &str, key: &Path) -> String {
+/// A realistic policy: a skip rule and two team rules before the one that matches the bed's
+/// registries.
+fn policy_text(hosts_dir: &Path, reg: &str, refs: &str, key: &Path) -> String {
     format!(
         r#"default = "enforce"
 hostsDir = "{hosts}"
@@ -225,7 +256,7 @@ key = "{key}"
 
 [[rules]]
 name = "bed"
-imageReferences = ["{reg}/*"]
+imageReferences = ["{reg}/*", "{refs}/*"]
 [[rules.attestors]]
 name = "release"
 key = "{key}"
@@ -251,9 +282,11 @@ fn write_hosts(dir: &Path, reg: &str, target: &str) {
 // ---------------------------------------------------------------------------------------------
 // Images
 
-/// One signed image in the bench repository.
+/// One signed image in a bench repository.
 #[derive(Clone)]
 struct Img {
+    /// Size of the manifest, bytes.
+    size: usize,
     tag: String,
     digest: String,
     tag_ref: String,
@@ -282,16 +315,119 @@ fn base_manifest(bed: &TestBed) -> (Vec<u8>, String) {
 /// The base manifest with an annotation `n`, pushed as `vbench:<tag>` (a distinct digest that
 /// shares the base's blobs: cheap to make many).
 fn push_variant(reg: &str, base: &(Vec<u8>, String), n: &str, tag: &str) -> Img {
+    push_variant_to(reg, REPO, base, n, tag)
+}
+
+/// `push_variant` into `repo` (its blobs must be there).
+fn push_variant_to(reg: &str, repo: &str, base: &(Vec<u8>, String), n: &str, tag: &str) -> Img {
     let mut m: serde_json::Value = serde_json::from_slice(&base.0).expect("manifest JSON");
     m["annotations"] = serde_json::json!({ "cri-guard.bench/n": n });
     let body = serde_json::to_vec(&m).expect("manifest");
-    let digest = support::sign::push_manifest(reg, None, REPO, tag, &base.1, &body);
+    let digest = support::sign::push_manifest(reg, None, repo, tag, &base.1, &body);
     Img {
+        size: body.len(),
         tag: tag.to_string(),
-        tag_ref: format!("{reg}/{REPO}:{tag}"),
-        digest_ref: format!("{reg}/{REPO}@{digest}"),
+        tag_ref: format!("{reg}/{repo}:{tag}"),
+        digest_ref: format!("{reg}/{repo}@{digest}"),
         digest,
     }
+}
+
+/// `n` distinct images in `NEW_REPO` on the registry of `kind`, each signed the way cosign 3
+/// signs offline by default (a key-signed Sigstore bundle v0.3: a DSSE envelope over a
+/// `sign/v1` statement, stored as an OCI artifact whose subject is the image; on
+/// docker-registry 2.8 also listed in the referrers tag `sha256-<hex>`, as cosign does there).
+fn make_new_images(bed: &TestBed, kind: RegistryKind, key: &TestKey, n: usize) -> Vec<Img> {
+    let registry = bed.registry_of(kind);
+    let reg = registry.addr();
+    registry.push(NEW_REPO, "base", None);
+    let r = support::util::http(
+        reg,
+        "GET",
+        &format!("/v2/{NEW_REPO}/manifests/base"),
+        &[("Accept", OCI_ACCEPT)],
+        b"",
+    )
+    .expect("GET base manifest");
+    let media = r
+        .header("Content-Type")
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    let base = (r.body, media);
+    let config = support::sign::push_blob(reg, None, NEW_REPO, b"{}");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let img = push_variant_to(reg, NEW_REPO, &base, &format!("new{i}"), &format!("n{i}"));
+        let hex = img.digest.trim_start_matches("sha256:");
+        let statement = serde_json::json!({
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"digest": {"sha256": hex}, "annotations": {}}],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1",
+            "predicate": {},
+        })
+        .to_string();
+        let payload_type = "application/vnd.in-toto+json";
+        let mut pae = format!(
+            "DSSEv1 {} {payload_type} {} ",
+            payload_type.len(),
+            statement.len()
+        )
+        .into_bytes();
+        pae.extend_from_slice(statement.as_bytes());
+        let bundle = serde_json::json!({
+            "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "verificationMaterial": {"publicKey": {"hint": "bench"}},
+            "dsseEnvelope": {
+                "payload": support::util::base64(statement.as_bytes()),
+                "payloadType": payload_type,
+                "signatures": [{"sig": key.sign(&pae)}],
+            },
+        })
+        .to_string()
+        .into_bytes();
+        let layer = support::sign::push_blob(reg, None, NEW_REPO, &bundle);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config},
+            "layers": [{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+                        "size": bundle.len(), "digest": layer}],
+            "annotations": {"dev.sigstore.bundle.content": "dsse-envelope",
+                            "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+            "subject": {"mediaType": base.1, "size": img.size, "digest": img.digest},
+        });
+        let body = serde_json::to_vec(&manifest).expect("manifest");
+        let digest = format!(
+            "sha256:{}",
+            support::util::sha256_hex(&body).expect("sha256")
+        );
+        support::sign::push_manifest(
+            reg,
+            None,
+            NEW_REPO,
+            &digest,
+            "application/vnd.oci.image.manifest.v1+json",
+            &body,
+        );
+        if kind == RegistryKind::Distribution {
+            let index = serde_json::json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "size": body.len(), "digest": digest,
+                    "artifactType": "application/vnd.oci.empty.v1+json"}]});
+            support::sign::push_manifest(
+                reg,
+                None,
+                NEW_REPO,
+                &img.digest.replace(':', "-"),
+                "application/vnd.oci.image.index.v1+json",
+                &serde_json::to_vec(&index).expect("index"),
+            );
+        }
+        out.push(img);
+    }
+    out
 }
 
 /// `n` distinct images, each signed by `key` (manifests pushed from 4 threads: each push spawns
@@ -752,35 +888,40 @@ async fn cold(plan: &Plan, env: &Env) {
         ("digest ref, same Verifier (warm pool)", false, Some(3)),
     ];
     println!(
-        "  registry round trips (HTTP requests seen by the forwarder; target <= 3 for a tag ref):"
+        "  registry round trips (requests seen by the forwarder; rounds = time / the {} ms it \
+         holds each request; target <= 3 rounds for a tag ref):",
+        ROUND_DELAY.as_millis()
     );
     let warm = env.verifier(true);
     for (label, by_tag, reuse) in counted {
         let (v, img) = match reuse {
             Some(i) => {
-                // Open the pool's connection first with another image.
+                // Open the pool's connections first with another image.
                 warm.check_image(&env.images[i + 2].digest_ref, NS, &Auth::Anonymous)
                     .await;
                 (warm.clone(), &env.images[i])
             }
             None => (env.verifier(true), probe),
         };
-        env.fwd.reset();
         let image = if by_tag {
             &img.tag_ref
         } else {
             &img.digest_ref
         };
-        let d = v.check_image(image, NS, &Auth::Anonymous).await;
-        let (conns, reqs, lines) = env.fwd.snapshot();
-        let expected = if by_tag { 3 } else { 2 };
+        let c = count_rounds(&[&env.fwd], &v, image).await;
+        let expected = if by_tag { (5, 3) } else { (4, 2) };
         println!(
-            "    {label:<40} requests {reqs} (expected {expected}), new TCP connections {conns}, \
-             allowed={} {}",
-            d.allowed,
-            verdict(reqs <= 3)
+            "    {label:<40} requests {} (expected {}), rounds {} (expected {}), new TCP \
+             connections {}, allowed={} {}",
+            c.requests,
+            expected.0,
+            c.rounds,
+            expected.1,
+            c.connections,
+            c.allowed,
+            verdict(c.rounds <= 3)
         );
-        for l in lines {
+        for l in c.lines {
             println!("        {l}");
         }
     }
@@ -881,6 +1022,46 @@ async fn cold(plan: &Plan, env: &Env) {
     }
 }
 
+/// What one counted verification did at the forwarders.
+struct Counted {
+    connections: u64,
+    requests: u64,
+    rounds: u64,
+    lines: Vec<String>,
+    allowed: bool,
+}
+
+/// Runs one `check_image` through `fwds` holding each request [`ROUND_DELAY`]: requests and
+/// connections counted, rounds = elapsed / delay (rounded down: the work between rounds is
+/// far below the delay).
+async fn count_rounds(fwds: &[&Forwarder], v: &Verifier, image: &str) -> Counted {
+    for f in fwds {
+        f.reset();
+        f.set_delay(ROUND_DELAY);
+    }
+    let t = Instant::now();
+    let d = v.check_image(image, NS, &Auth::Anonymous).await;
+    let elapsed = t.elapsed();
+    let mut c = Counted {
+        connections: 0,
+        requests: 0,
+        rounds: (elapsed.as_millis() / ROUND_DELAY.as_millis()) as u64,
+        lines: Vec::new(),
+        allowed: d.allowed,
+    };
+    for f in fwds {
+        f.set_delay(Duration::ZERO);
+        let (conns, reqs, lines) = f.snapshot();
+        c.connections += conns;
+        c.requests += reqs;
+        c.lines.extend(lines);
+    }
+    if !d.allowed {
+        println!("  unexpected denial of {image}: {}", d.reason());
+    }
+    c
+}
+
 /// The `.sig` layer of `digest` as the verifier would see it.
 async fn fetch_layer(reg: &str, digest: &str) -> SigLayer {
     let http = reqwest::Client::new();
@@ -968,6 +1149,232 @@ async fn cold_fresh(plan: &Plan, env: &Env, by_tag: bool) -> (Vec<u64>, Vec<u64>
         }
     }
     (a, b, wrong)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. Cold verification, new format
+
+/// The raw requests a new-format verification makes, made by a plain reqwest client in the same
+/// rounds: HEAD by tag (tag refs), then at once the `.sig` tag (404), the referrers API and the
+/// referrers tag, then the listed referrers' manifests, then their bundle blobs.
+struct RawNew {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl RawNew {
+    fn new(target: &str) -> RawNew {
+        RawNew {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(10))
+                .user_agent("raw-bench")
+                .build()
+                .expect("reqwest client"),
+            base: format!("http://{target}/v2/{NEW_REPO}"),
+        }
+    }
+
+    async fn get(&self, path: String) -> Result<(u16, bytes::Bytes), String> {
+        let r = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .header("accept", MANIFEST_TYPES)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status().as_u16();
+        Ok((status, r.bytes().await.map_err(|e| e.to_string())?))
+    }
+
+    async fn fetch(&self, img: &Img, by_tag: bool) -> Result<(), String> {
+        let digest = if by_tag {
+            let r = self
+                .http
+                .head(format!("{}/manifests/{}", self.base, img.tag))
+                .header("accept", MANIFEST_TYPES)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            r.headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .ok_or("no docker-content-digest")?
+                .to_string()
+        } else {
+            img.digest.clone()
+        };
+        let tag = digest.replace(':', "-");
+        let (sig, api, fallback) = tokio::join!(
+            self.get(format!("manifests/{tag}.sig")),
+            self.get(format!("referrers/{digest}")),
+            self.get(format!("manifests/{tag}")),
+        );
+        let (_, _) = sig?;
+        let listing = match api? {
+            (200, body) => body,
+            _ => fallback?.1,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&listing).map_err(|e| e.to_string())?;
+        let manifests: Vec<String> = v["manifests"]
+            .as_array()
+            .ok_or("no manifests")?
+            .iter()
+            .filter_map(|m| m["digest"].as_str().map(str::to_string))
+            .collect();
+        let fetched = futures_util::future::join_all(
+            manifests.iter().map(|d| self.get(format!("manifests/{d}"))),
+        )
+        .await;
+        let mut layers = Vec::new();
+        for m in fetched {
+            let (_, body) = m?;
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            layers.push(
+                v["layers"][0]["digest"]
+                    .as_str()
+                    .ok_or("no layer")?
+                    .to_string(),
+            );
+        }
+        let blobs =
+            futures_util::future::join_all(layers.iter().map(|l| self.get(format!("blobs/{l}"))))
+                .await;
+        for b in blobs {
+            if b?.1.is_empty() {
+                return Err("empty blob".into());
+            }
+        }
+        if layers.is_empty() {
+            return Err("no referrer".into());
+        }
+        Ok(())
+    }
+}
+
+async fn cold_new(plan: &Plan, env: &Env) {
+    println!();
+    println!(
+        "== 2b. Cold verification of a new-format image (a key-signed Sigstore bundle v0.3 as an \
+         OCI referrer, as cosign 3 signs offline) =="
+    );
+    let kinds: [(&str, &Vec<Img>, &str, &Forwarder); 2] = [
+        (
+            "referrers API (refreg)",
+            &env.new_api,
+            &env.refs,
+            &env.fwd_refs,
+        ),
+        (
+            "referrers tag (docker-registry 2.8)",
+            &env.new_tag,
+            &env.reg,
+            &env.fwd,
+        ),
+    ];
+    for (label, imgs, reg, fwd) in kinds {
+        println!("  {label}:");
+        for (kind, by_tag) in [("tag ref", true), ("digest ref", false)] {
+            let v = env.verifier(true);
+            let img = &imgs[1];
+            let image = if by_tag {
+                &img.tag_ref
+            } else {
+                &img.digest_ref
+            };
+            let c = count_rounds(&[fwd], &v, image).await;
+            let expected = if by_tag { (6, 4) } else { (5, 3) };
+            println!(
+                "    round trips, {kind:<10} (new Verifier): requests {} (expected {}), rounds {} \
+                 (expected {}), new TCP connections {}, allowed={}",
+                c.requests, expected.0, c.rounds, expected.1, c.connections, c.allowed
+            );
+            for l in c.lines {
+                println!("        {l}");
+            }
+            let raw = RawNew::new(&fwd.addr);
+            fwd.reset();
+            fwd.set_delay(ROUND_DELAY);
+            let t = Instant::now();
+            let ok = raw.fetch(img, by_tag).await;
+            let rounds = t.elapsed().as_millis() / ROUND_DELAY.as_millis();
+            fwd.set_delay(Duration::ZERO);
+            let (conns, reqs, _) = fwd.snapshot();
+            println!(
+                "    raw baseline, {kind:<10}: requests {reqs}, rounds {rounds}, new TCP \
+                 connections {conns} ({ok:?})"
+            );
+        }
+        println!(
+            "    timing, warm pool (one Verifier / one reqwest client per round; each sample a \
+             distinct image), {} samples per side per round:",
+            plan.cold_iters
+        );
+        println!(
+            "    {:<12} {:>5} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "kind", "round", "cold p50", "raw p50", "cold p99", "raw p99", "p50 ratio"
+        );
+        for by_tag in [true, false] {
+            let kind = if by_tag { "tag ref" } else { "digest ref" };
+            let mut ratios = Vec::new();
+            for round in 0..plan.rounds {
+                let v = env.verifier(false);
+                let raw = RawNew::new(reg);
+                let mut wrong = 0;
+                v.check_image(&imgs[0].digest_ref, NS, &Auth::Anonymous)
+                    .await;
+                let _ = raw.fetch(&imgs[0], by_tag).await;
+                let sample = &imgs[2..2 + plan.cold_iters];
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for (bi, batch) in sample.chunks(plan.cold_batch).enumerate() {
+                    for side in 0..2 {
+                        if (side + bi) % 2 == 0 {
+                            for img in batch {
+                                let image = if by_tag {
+                                    &img.tag_ref
+                                } else {
+                                    &img.digest_ref
+                                };
+                                a.push(timed_check(&v, image, &mut wrong).await);
+                            }
+                        } else {
+                            for img in batch {
+                                let t = Instant::now();
+                                if let Err(e) = raw.fetch(img, by_tag).await {
+                                    wrong += 1;
+                                    if wrong == 1 {
+                                        println!("  raw fetch failed: {e}");
+                                    }
+                                }
+                                b.push(t.elapsed().as_nanos() as u64);
+                            }
+                        }
+                    }
+                }
+                let (a, b) = (summarize(&a), summarize(&b));
+                ratios.push(a.p50 / b.p50);
+                println!(
+                    "    {kind:<12} {round:>5} {:>8.0}us {:>8.0}us {:>8.0}us {:>8.0}us {:>10.2}x{}",
+                    a.p50,
+                    b.p50,
+                    a.p99,
+                    b.p99,
+                    a.p50 / b.p50,
+                    if wrong > 0 {
+                        format!("  ({wrong} wrong/failed)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            let m = median(&ratios);
+            println!(
+                "    {kind:<12} median of {} rounds: cold/raw p50 = {m:.2}x   target <= 2x: {}",
+                plan.rounds,
+                verdict(m <= 2.0)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1138,6 +1545,9 @@ struct Counts {
     conns: AtomicU64,
     reqs: AtomicU64,
     lines: Mutex<Vec<String>>,
+    /// Milliseconds each request is held before it goes on (0: none): with it, a verification's
+    /// time divided by the delay is its number of sequential rounds.
+    delay_ms: AtomicU64,
 }
 
 impl Forwarder {
@@ -1164,6 +1574,13 @@ impl Forwarder {
             })
             .expect("forwarder thread");
         Forwarder { addr, counts }
+    }
+
+    /// Holds every request `delay` before forwarding it (zero: none).
+    fn set_delay(&self, delay: Duration) {
+        self.counts
+            .delay_ms
+            .store(delay.as_millis() as u64, Relaxed);
     }
 
     fn reset(&self) {
@@ -1206,7 +1623,12 @@ async fn pipe(down: tokio::net::TcpStream, upstream: String, c: Arc<Counts>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let before = c.reqs.load(Relaxed);
             heads.feed(&buf[..n], &c);
+            let delay = c.delay_ms.load(Relaxed);
+            if delay > 0 && c.reqs.load(Relaxed) > before {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             if uw.write_all(&buf[..n]).await.is_err() {
                 break;
             }

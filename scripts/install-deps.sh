@@ -7,6 +7,7 @@
 # - the unit and installer checks: systemd (systemd-analyze, systemctl --root), strace,
 #   shellcheck, and kubernetes-validate from PyPI (Kubernetes schemas, offline)
 # - image building: umoci, busybox-static; the benchmark's plain byte relay: socat
+# - Python's grpcio (a CRI client on gRPC's C core, for tests/grpcio.rs)
 # - a Rust toolchain (rustup) if cargo is missing
 #
 # Test tools under one project-owned prefix, $CRI_GUARD_TESTTOOLS (default /opt/cri-guard-testtools),
@@ -42,7 +43,7 @@ log() { printf '[install-deps %s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # ---------------------------------------------------------------------------------------- system
 pkgs=(containerd runc docker-registry umoci busybox-static socat ca-certificates curl gcc libc6-dev
-  systemd strace shellcheck)
+  systemd strace shellcheck python3 python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -51,6 +52,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# tests/grpcio.rs drives the CRI with Python's grpcio (gRPC's C core); Debian's python3-grpcio
+# is older than the C core's percent-encoded unix-socket authority (1.57+), so take it from PyPI.
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "installing grpcio (pip)"
+  python3 -m pip install --quiet grpcio || python3 -m pip install --quiet --break-system-packages grpcio
 fi
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   log "installing the Rust toolchain with rustup"

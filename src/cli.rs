@@ -1,8 +1,8 @@
-//! Command-line interface: `serve`, `check-config`, `verify` and `audit`.
+//! Command-line interface: `serve`, `check-config`, `verify`, `verify-bundle` and `audit`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::config::Overrides;
 
@@ -39,6 +39,10 @@ pub enum Command {
     /// edited safely.
     #[command(hide = true)]
     KubeletEndpoint(KubeletEndpointArgs),
+    /// Verify a standalone Sigstore bundle offline, like `cosign verify-blob --bundle` (and
+    /// the Sigstore conformance client protocol); exits 0 when verified, 1 with a one-line
+    /// reason when not, 64 when an option cannot be used.
+    VerifyBundle(VerifyBundleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +55,30 @@ pub struct KubeletEndpointArgs {
     pub flags: bool,
     /// The kubelet configuration (or flags) file.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("signer").required(true).args(["certificate_identity", "key"])))]
+pub struct VerifyBundleArgs {
+    /// The Sigstore bundle (JSON, media type v0.1 to v0.3).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// The signing certificate's identity (a SAN), compared exactly; needs --trusted-root.
+    #[arg(long, requires = "certificate_oidc_issuer")]
+    pub certificate_identity: Option<String>,
+    /// The OIDC issuer in the signing certificate (Fulcio's issuer extension), exactly.
+    #[arg(long, requires = "certificate_identity")]
+    pub certificate_oidc_issuer: Option<String>,
+    /// A PEM public key the bundle must be signed with.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// A sigstore trusted_root.json: Fulcio CAs, Rekor logs, CT logs and timestamp
+    /// authorities. With it, the bundle's log entries must verify; without it (only with
+    /// --key), the signature alone is checked, as cosign's --insecure-ignore-tlog.
+    #[arg(long)]
+    pub trusted_root: Option<PathBuf>,
+    /// The signed artifact: a file, or its digest as sha256:<hex>.
+    pub artifact: String,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,9 @@
 //! shutdown_grace = "10s"                       # SIGTERM: time in-flight calls get to finish
 //! workers = 1                                  # 1 = single-threaded runtime (fastest here)
 //! max_intercepted_message = "16MiB"            # PullImage/CreateContainer body size limit
+//! max_intercepted_buffer = "64MiB"             # all such bodies being buffered at once, in total
+//! intercepted_request_timeout = "10s"          # time for such a body to arrive whole
+//! max_streams_per_connection = 1000            # calls in flight on one client connection
 //! policy = "/etc/cri-guard/policy.toml"        # image policy; without one, everything is allowed
 //! policy_watch = true                          # reload the policy when its file changes (SIGHUP always does)
 //!
@@ -48,6 +51,16 @@ pub struct Config {
     pub workers: usize,
     /// Largest PullImage/CreateContainer request body the proxy buffers to decide on.
     pub max_intercepted_message: usize,
+    /// Bytes of PullImage/CreateContainer bodies buffered at once across all connections; a
+    /// call that would go over it is refused with `ResourceExhausted`.
+    pub max_intercepted_buffer: usize,
+    /// Time a PullImage/CreateContainer request gets, from its headers, to arrive whole; a
+    /// slower one is refused with `DeadlineExceeded`.
+    pub intercepted_request_timeout: Duration,
+    /// Concurrent calls (HTTP/2 streams) per client connection, advertised to the client in
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: gRPC clients queue calls beyond it; a stream opened
+    /// against it is refused (REFUSED_STREAM).
+    pub max_streams_per_connection: u32,
     /// The image policy file; `None` runs the proxy without verification (logged loudly).
     pub policy: Option<PathBuf>,
     /// Reload the policy when its file changes (SIGHUP reloads it either way).
@@ -86,6 +99,9 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             workers: 1,
             max_intercepted_message: 16 << 20,
+            max_intercepted_buffer: 64 << 20,
+            intercepted_request_timeout: Duration::from_secs(10),
+            max_streams_per_connection: 1000,
             policy: None,
             policy_watch: true,
             log: LogConfig {
@@ -199,6 +215,9 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "workers",
     "max_intercepted_message",
+    "max_intercepted_buffer",
+    "intercepted_request_timeout",
+    "max_streams_per_connection",
     "policy",
     "policy_watch",
     "log",
@@ -295,6 +314,44 @@ impl Validator {
                     .ok_or("a size from \"1KiB\" to \"256MiB\", such as \"16MiB\"")
             },
         );
+        let max_intercepted_buffer = self.parsed(
+            "max_intercepted_buffer",
+            pick(t, "max_intercepted_buffer", &None),
+            d.max_intercepted_buffer,
+            |s| {
+                parse_size(s)
+                    .filter(|n| (1024..=(4 << 30)).contains(n))
+                    .ok_or("a size from \"1KiB\" to \"4GiB\", such as \"64MiB\"")
+            },
+        );
+        if max_intercepted_buffer < max_intercepted_message {
+            self.problems.push(format!(
+                "`max_intercepted_buffer` ({max_intercepted_buffer} bytes) is smaller than \
+                 `max_intercepted_message` ({max_intercepted_message} bytes): a request of the \
+                 allowed size could never be buffered; raise `max_intercepted_buffer`"
+            ));
+        }
+        let intercepted_request_timeout = self.parsed(
+            "intercepted_request_timeout",
+            pick(t, "intercepted_request_timeout", &None),
+            d.intercepted_request_timeout,
+            |s| {
+                parse_duration(s)
+                    .filter(|d| !d.is_zero() && *d <= Duration::from_secs(600))
+                    .ok_or("a duration from \"1ms\" to \"10m\", such as \"10s\"")
+            },
+        );
+        let max_streams_per_connection = self.parsed(
+            "max_streams_per_connection",
+            pick(t, "max_streams_per_connection", &None),
+            d.max_streams_per_connection,
+            |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or("a whole number from 1 to 100000")
+            },
+        );
         let policy = self.parsed("policy", pick(t, "policy", &o.policy), None, |s| {
             if s.is_empty() {
                 Err("a path to the policy file")
@@ -342,6 +399,9 @@ impl Validator {
             shutdown_grace,
             workers,
             max_intercepted_message,
+            max_intercepted_buffer,
+            intercepted_request_timeout,
+            max_streams_per_connection,
             policy,
             policy_watch,
             log: LogConfig { format, level },
@@ -507,6 +567,9 @@ mod tests {
             shutdown_grace = "3s"
             workers = 2
             max_intercepted_message = "1MiB"
+            max_intercepted_buffer = "8MiB"
+            intercepted_request_timeout = "2s"
+            max_streams_per_connection = 64
             [log]
             format = "json"
             level = "debug"
@@ -519,6 +582,9 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(3));
         assert_eq!(c.workers, 2);
         assert_eq!(c.max_intercepted_message, 1 << 20);
+        assert_eq!(c.max_intercepted_buffer, 8 << 20);
+        assert_eq!(c.intercepted_request_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_streams_per_connection, 64);
         assert_eq!(c.log.format, LogFormat::Json);
     }
 
@@ -549,6 +615,33 @@ mod tests {
             assert!(text.contains(key), "{key} not reported in:\n{text}");
         }
         assert_eq!(e.problems.len(), 6, "{text}");
+    }
+
+    /// The transport bounds are checked: ranges, and a buffer budget that fits the largest
+    /// allowed message.
+    #[test]
+    fn transport_bounds_checked() {
+        let e = parse(
+            r#"
+            max_intercepted_message = "16MiB"
+            max_intercepted_buffer = "8MiB"
+            intercepted_request_timeout = "0s"
+            max_streams_per_connection = 0
+            "#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for key in [
+            "`max_intercepted_buffer` (8388608 bytes) is smaller than `max_intercepted_message`",
+            "`intercepted_request_timeout`",
+            "`max_streams_per_connection`",
+        ] {
+            assert!(text.contains(key), "{key} not reported in:\n{text}");
+        }
+        assert_eq!(e.problems.len(), 3, "{text}");
+        let e = parse("max_intercepted_buffer = \"1B\"\nmax_streams_per_connection = \"x\"")
+            .unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
     }
 
     /// A TOML syntax error names the line.

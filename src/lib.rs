@@ -23,7 +23,12 @@
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
 //!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
-//!                          │            client (runtime side), all calls in one task
+//!                          │            client (runtime side), all calls in one task;
+//!                          │            streams per connection advertised and enforced
+//!                          ├─ proxy::socket    unix sockets watched for reading only; the
+//!                          │                   kubelet side read through proxy::authority
+//!                          │                   (a client's `:authority` h2 would refuse, e.g.
+//!                          │                   grpcio's socket path, rewritten same-length)
 //!                          ├─ route by gRPC path:
 //!                          │    /runtime.v1.*  except the three below → relay (bytes untouched)
 //!                          │    PullImage, CreateContainer,
@@ -32,6 +37,10 @@
 //!                          ├─ proxy::relay     frames, trailers, resets, flow control;
 //!                          │                   relayed calls and errors counted per method
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
+//!                          ├─ proxy::budget    one budget for buffered intercepted bytes (all
+//!                          │                   connections), Stats counters; a deadline to
+//!                          │                   arrive; confirmed pulls run in tracked tasks
+//!                          │                   that finish whatever the client does
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies,
 //!                                              bounded and escaped messages and log fields
 //!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
@@ -44,17 +53,20 @@
 //!                            verify::cache    LRU of decisions (repo, digest, policy generation, rule;
 //!                                             denials also by credential fingerprint), negative TTL,
 //!                                             tag resolutions, single flight
-//!                            verify::attestations  a rule's required attestations from `.att`
-//!                            verify::cosign   offline checks, no network:
-//!                              mod.rs         one `.sig` layer against one Authority (key or CA)
-//!                              keys           public keys (ECDSA, RSA, Ed25519) and PEM
-//!                              x509           certificate chains at a time, identity, issuer
-//!                              trusted_root   sigstore trusted_root.json → CAs + Rekor keys
-//!                              rekor          SET of a Rekor entry, entry bound to the signature
-//!                              attest         DSSE envelopes, in-toto statements, sigstore
-//!                                             bundles (inclusion proof, checkpoint), conditions
-//!                            registry         resolve / manifest / blob with auth, limits, hosts.toml;
-//!                                             credentials only to their host; per-verification Budget
+//!                            verify::discovery  where signatures/attestations are: `.sig`/`.att`
+//!                                             tags, OCI referrers (API, or referrers tag)
+//!                            verify::attestations  a rule's required attestations (both formats)
+//!                            verify::cosign   offline checks, no network, by what they read:
+//!                              tag/           `.sig` / `.att` tags: simple-signing layers,
+//!                                             docker-reference, DSSE layers, legacy Rekor bundle
+//!                              bundle         Sigstore bundles (sigstore-verify + our gaps)
+//!                              intoto         DSSE envelopes, PAE, in-toto statements
+//!                              conditions     predicate conditions, cosign's --type names
+//!                              trust/         keys, certificate chains + identity, trusted
+//!                                             root, Rekor keys, an attestor's transparency
+//!                            registry         resolve / manifest / blob / referrers with auth,
+//!                                             limits, hosts.toml; credentials only to their host;
+//!                                             per-verification Budget
 //! cri ── generated CRI v1 types/clients/servers, KNOWN_METHODS, unix-socket channel helper
 //! ```
 //!

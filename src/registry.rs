@@ -1,5 +1,7 @@
 //! OCI registry access for verification: resolve a tag to a digest, fetch a manifest, fetch a
-//! blob. Every request has a timeout, every body a size limit, every blob's digest is checked.
+//! blob, list an image's referrers (the OCI referrers API, or the referrers tag schema that
+//! registries without the API carry). Every request has a timeout, every body a size limit,
+//! every blob's digest is checked, every listing a bound on pages and entries.
 //!
 //! Where to connect comes from, in order: containerd's `hosts.toml` for the registry (the policy's
 //! `hostsDir`, the same `certs.d` directory containerd reads, so signatures are fetched from where
@@ -25,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +43,37 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json, \
     application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Media type of an OCI image index: what the referrers API answers and the referrers tag holds.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Most pages of a referrers listing followed (`Link: <...>; rel="next"`).
+pub const MAX_REFERRER_PAGES: usize = 16;
+
+/// One entry of an OCI index, e.g. a referrer of an image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Descriptor {
+    /// `mediaType` of what the entry points to.
+    #[serde(rename = "mediaType", default)]
+    pub media_type: String,
+    /// `digest`, unchecked here (callers check it is a sha256 digest before using it).
+    pub digest: String,
+    /// `size` in bytes, as claimed.
+    pub size: i64,
+    /// `artifactType`, if listed (registries differ: ggcr lists the config's media type).
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: Option<String>,
+    /// `annotations`, if listed.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    /// Required: an empty listing says so with `"manifests": []`.
+    manifests: Vec<Descriptor>,
+}
 
 /// Registry credentials for one call. Never logged.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -277,6 +310,8 @@ pub struct Registry {
     http: reqwest::Client,
     cfg: RegistryConfig,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// HTTP requests sent (token requests included), for round-trip accounting.
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -306,7 +341,92 @@ impl Registry {
             http,
             cfg,
             tokens: Mutex::new(HashMap::new()),
+            requests: AtomicU64::new(0),
         })
+    }
+
+    /// How many HTTP requests this client has sent (token requests included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The referrers of `digest` in `repo` through the OCI referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`), following `Link: <...>; rel="next"` on the same
+    /// host for at most [`MAX_REFERRER_PAGES`] pages; more than `max` entries in all is an
+    /// error. `Ok(None)` when the registry does not serve the API (404; distribution 2.8).
+    /// Nothing is filtered: not all registries report `artifactType` (ggcr lists the config's
+    /// media type), so callers look at the referrers themselves.
+    pub async fn referrers_api(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        max: usize,
+        auth: &Auth,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        if !valid_digest(digest) {
+            return Err(RegistryError::Malformed(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let endpoint = self.endpoint(repo.registry());
+        let mut url = format!("{endpoint}/v2/{}/referrers/{digest}", repo.repository());
+        let mut all = Vec::new();
+        for page in 0.. {
+            if page == MAX_REFERRER_PAGES {
+                return Err(RegistryError::Malformed(format!(
+                    "{url}: the referrers listing has more than {MAX_REFERRER_PAGES} pages"
+                )));
+            }
+            let resp = match self.send(reqwest::Method::GET, &url, repo, auth).await {
+                Ok(r) => r,
+                Err(RegistryError::Status { status: 404, .. }) if page == 0 => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let next = resp
+                .headers()
+                .get_all("link")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(next_link);
+            let body = read_limited(resp, &url, self.cfg.max_manifest_size).await?;
+            all.extend(parse_index(&url, &body)?);
+            if all.len() > max {
+                return Err(too_many_referrers(&url, max));
+            }
+            match next {
+                None => break,
+                Some(link) => url = same_origin(&endpoint, &link, &url)?,
+            }
+        }
+        Ok(Some(all))
+    }
+
+    /// The referrers of `digest` in `repo` through the referrers tag schema (registries
+    /// without the API): the tag `sha256-<hex>` holding an OCI index, which clients such as
+    /// cosign maintain. `Ok(None)` when there is no such tag; more than `max` entries, or
+    /// anything but an OCI index there, is an error.
+    pub async fn referrers_tag(
+        &self,
+        repo: &Reference,
+        digest: &str,
+        max: usize,
+        auth: &Auth,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        if !valid_digest(digest) {
+            return Err(RegistryError::Malformed(format!(
+                "{digest:?} is not a sha256 digest"
+            )));
+        }
+        let tag = referrers_tag(digest);
+        let Some(m) = self.manifest_at(repo, &tag, auth).await? else {
+            return Ok(None);
+        };
+        let place = format!("{}/{}:{tag}", repo.registry(), repo.repository());
+        let entries = parse_index(&place, &m.body)?;
+        if entries.len() > max {
+            return Err(too_many_referrers(&place, max));
+        }
+        Ok(Some(entries))
     }
 
     /// Base URL (scheme://host[:port]) to reach `registry` at.
@@ -609,6 +729,7 @@ impl Registry {
         token: Option<&str>,
         auth: &Auth,
     ) -> Result<reqwest::Response, RegistryError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut req = self
             .http
             .request(method, url)
@@ -629,6 +750,7 @@ impl Registry {
         scope: &str,
         auth: &Auth,
     ) -> Result<(String, Duration), RegistryError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut req = self.http.get(realm).query(&[("scope", scope)]);
         if let Some(s) = service {
             req = req.query(&[("service", s)]);
@@ -813,6 +935,70 @@ fn hosts_toml_endpoint(dir: &Path, registry: &str) -> Option<String> {
         .map(|s| s.trim_end_matches('/').trim_end_matches("/v2").to_string())
 }
 
+/// The referrers tag schema's tag for `digest`: `sha256:<hex>` becomes `sha256-<hex>`.
+pub fn referrers_tag(digest: &str) -> String {
+    digest.replacen(':', "-", 1)
+}
+
+fn too_many_referrers(place: &str, max: usize) -> RegistryError {
+    RegistryError::Malformed(format!(
+        "{place} lists more than {max} referrers (fetch.maxReferrers; raise it if this image really has that many signatures and attestations)"
+    ))
+}
+
+/// An OCI index's entries; anything else (another JSON document, another media type) is an
+/// error.
+fn parse_index(place: &str, body: &[u8]) -> Result<Vec<Descriptor>, RegistryError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(RegistryError::Malformed(format!(
+            "{place}: the referrers listing is not an OCI index (not a JSON object)"
+        )));
+    }
+    let index: Index = serde_json::from_slice(body).map_err(|e| {
+        RegistryError::Malformed(format!(
+            "{place}: the referrers listing is not an OCI index: {e}"
+        ))
+    })?;
+    match index.media_type.as_deref() {
+        None | Some(OCI_INDEX) => Ok(index.manifests),
+        Some(other) => Err(RegistryError::Malformed(format!(
+            "{place}: the referrers listing has media type {other:?}, not {OCI_INDEX}"
+        ))),
+    }
+}
+
+/// The target of a `Link: <target>; rel="next"` header value, if it is one.
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once('>')?;
+        let target = target.trim().strip_prefix('<')?;
+        params
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .any(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim().trim_matches('"').split(' ').any(|r| r == "next")
+            })
+            .then(|| target.to_owned())
+    })
+}
+
+/// Resolves a `next` link against the registry's endpoint; a link to another host (where the
+/// credentials must not go) or of another shape is an error.
+fn same_origin(endpoint: &str, link: &str, from: &str) -> Result<String, RegistryError> {
+    if link.starts_with("/v2/") && !link.contains("://") {
+        return Ok(format!("{endpoint}{link}"));
+    }
+    if let Some(path) = link.strip_prefix(endpoint) {
+        if path.starts_with("/v2/") {
+            return Ok(link.to_owned());
+        }
+    }
+    Err(RegistryError::Malformed(format!(
+        "{from}: the referrers listing's next page {link:?} is not on this registry; not followed"
+    )))
+}
+
 /// Most bytes of one listing page (catalog or tags).
 const MAX_LISTING: usize = 4 << 20;
 /// Most names on one listing page, whatever `n` asked for.
@@ -893,27 +1079,14 @@ fn listing_url(base: &str, n: usize, last: Option<&str>) -> Result<String, Regis
 /// (`Some(None)` when it has none); `None` when it is no next link. Only the parameter is taken:
 /// the next request is built against the same registry, never sent where the link points.
 fn next_page_last(value: &str) -> Option<Option<String>> {
-    value.split(',').find_map(|part| {
-        let (target, params) = part.trim().split_once('>')?;
-        let target = target.trim().strip_prefix('<')?;
-        let is_next = params
-            .split(';')
-            .filter_map(|p| p.trim().split_once('='))
-            .any(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("rel")
-                    && v.trim().trim_matches('"').split(' ').any(|r| r == "next")
-            });
-        if !is_next {
-            return None;
-        }
-        let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let last = reqwest::Url::parse(&format!("http://x/?{query}"))
-            .ok()?
-            .query_pairs()
-            .find(|(k, _)| k == "last")
-            .map(|(_, v)| v.into_owned());
-        Some(last)
-    })
+    let target = next_link(value)?;
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let last = reqwest::Url::parse(&format!("http://x/?{query}"))
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == "last")
+        .map(|(_, v)| v.into_owned());
+    Some(last)
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.
@@ -1007,6 +1180,61 @@ mod tests {
         };
         assert!(!format!("{:?}", Auth::from_cri(Some(&t))).contains("tok3n"));
         assert_eq!(Auth::from_cri(None), Auth::Anonymous);
+    }
+
+    /// `Link` headers: the `rel="next"` target among several links and parameters; others
+    /// are not next pages.
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/a/referrers/sha256:x?n=2&last=y>; rel="next""#).as_deref(),
+            Some("/v2/a/referrers/sha256:x?n=2&last=y")
+        );
+        assert_eq!(
+            next_link(r#"<https://r/v2/a?x>; rel="prev", <https://r/v2/b>; type="x"; rel=next"#)
+                .as_deref(),
+            Some("https://r/v2/b")
+        );
+        assert_eq!(next_link(r#"</v2/a>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    /// A next page is followed only on the registry that answered: a path, or a URL on the
+    /// same scheme, host and port; never another host (credentials would go there).
+    #[test]
+    fn next_pages_stay_on_the_registry() {
+        let e = "http://127.0.0.1:5000";
+        assert_eq!(
+            same_origin(e, "/v2/a/referrers/d?last=x", "u").unwrap(),
+            "http://127.0.0.1:5000/v2/a/referrers/d?last=x"
+        );
+        assert!(same_origin(e, "http://127.0.0.1:5000/v2/a", "u").is_ok());
+        for bad in [
+            "http://127.0.0.1:50001/v2/a",
+            "http://127.0.0.1:5000@evil.example/v2/a",
+            "https://127.0.0.1:5000/v2/a",
+            "//evil.example/v2/a",
+            "v2/a",
+            "/v3/a",
+        ] {
+            assert!(same_origin(e, bad, "u").is_err(), "{bad}");
+        }
+    }
+
+    /// A referrers listing must be an OCI index (media type absent or the index type).
+    #[test]
+    fn referrer_listings() {
+        let one = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"m","digest":"d","size":1,"artifactType":"t","annotations":{"a":"b"}}]}"#;
+        let list = parse_index("p", one.as_bytes()).unwrap();
+        assert_eq!(list[0].artifact_type.as_deref(), Some("t"));
+        assert_eq!(list[0].annotations["a"], "b");
+        assert!(parse_index("p", br#"{"manifests":[]}"#).unwrap().is_empty());
+        assert!(parse_index("p", b"{}").is_err());
+        let manifest =
+            r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","manifests":[]}"#;
+        assert!(parse_index("p", manifest.as_bytes()).is_err());
+        assert!(parse_index("p", b"[]").is_err());
+        assert_eq!(referrers_tag("sha256:ab"), "sha256-ab");
     }
 
     /// A token realm gets the credentials only on the host that was asked or a configured

@@ -7,6 +7,7 @@
 //! The image itself can't be pulled (the vector has its manifest but not its layers), so the
 //! decision is asked for the digest: the same verifier path a PullImage takes.
 
+mod shared;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -17,21 +18,15 @@ use support::TestBed;
 use support::sign;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cri-guard");
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/testdata/cosign-real"
-);
 const DIGEST: &str = "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a";
 const REPO: &str = "cosign-signed/fulcio-rekor-1";
 
 fn vectors() -> Option<PathBuf> {
-    let dir = PathBuf::from(VECTORS);
-    if dir.join("vectors.json").exists() {
-        Some(dir)
-    } else {
-        eprintln!("notice: {VECTORS} is absent; keyless end-to-end test skipped");
-        None
+    let dir = shared::dir("testdata/cosign-real");
+    if dir.is_none() {
+        eprintln!("notice: shared/testdata/cosign-real is absent; keyless end-to-end test skipped");
     }
+    dir
 }
 
 fn read(dir: &Path, rel: &str) -> String {

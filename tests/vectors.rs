@@ -7,6 +7,8 @@
 //!
 //! Without the folder (e.g. outside this workspace) the tests print a notice and pass.
 
+mod shared;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -20,18 +22,13 @@ use oci_client::Reference;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-const DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/testdata/cosign-real"
-);
-
 /// The vectors folder and its cases, or `None` (with a notice) when it is absent.
 fn cases() -> Option<(PathBuf, Vec<Value>)> {
-    let dir = PathBuf::from(DIR);
-    let Ok(text) = std::fs::read_to_string(dir.join("vectors.json")) else {
-        eprintln!("notice: {DIR}/vectors.json is absent; cosign vector tests skipped");
+    let Some(dir) = shared::dir("testdata/cosign-real") else {
+        eprintln!("notice: shared/testdata/cosign-real is absent; cosign vector tests skipped");
         return None;
     };
+    let text = std::fs::read_to_string(dir.join("vectors.json")).expect("vectors.json");
     let v: Value = serde_json::from_str(&text).expect("vectors.json is JSON");
     let cases = v["cases"].as_array().expect("cases").clone();
     Some((dir, cases))

@@ -10,7 +10,9 @@
 //! cri-guard. While the runtime is unreachable, calls fail at once with `Unavailable`.
 
 use std::collections::HashSet;
+use std::future::poll_fn;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,11 +25,13 @@ use h2::server::SendResponse;
 use http::Request;
 use prost::Message;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::budget::{Budget, Held, Stats};
 use super::grpc::{self, Code, Status};
-use super::intercept::{self, BoxFuture, Call, Guard, Verdict};
+use super::intercept::{self, BoxFuture, Call, Confirm, Guard, Verdict};
 use super::relay::{self, Body};
 use super::socket;
 use crate::cri;
@@ -35,15 +39,29 @@ use crate::metrics::METRICS;
 
 /// How long a draining connection with no calls in flight stays open.
 const IDLE_CLOSE: Duration = Duration::from_millis(100);
+/// Largest header list (decoded) a client may send in one request. gRPC metadata of CRI
+/// clients is well under 1 KiB; h2's default (16 MiB) times the streams of a connection would
+/// be an unbounded amount of memory. h2 refuses a larger list.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Unknown `runtime.v1` methods remembered to log each once; past this they are forwarded
+/// without a log line (one warning says so). Names are kept to their first 256 bytes.
+const MAX_UNKNOWN_TRACKED: usize = 256;
+const MAX_UNKNOWN_NAME: usize = 256;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
     pub upstream: PathBuf,
     pub connect_timeout: Duration,
     pub max_message: usize,
+    pub request_timeout: Duration,
+    pub max_streams: u32,
+    pub budget: Arc<Budget>,
+    pub stats: Arc<Stats>,
     pub guard: Arc<dyn Guard>,
     /// Unknown `runtime.v1` methods already logged (each is logged once).
     pub unknown_seen: Mutex<HashSet<String>>,
+    /// Work that must finish whatever the client does (confirmed pulls); shutdown waits for it.
+    pub detached: TaskTracker,
 }
 
 struct Upstream {
@@ -66,16 +84,7 @@ fn route(path: &str, shared: &Shared) -> Route {
         Route::Intercept
     } else if path.starts_with(cri::V1_PREFIX) {
         if !cri::KNOWN_METHODS.contains(&path) {
-            let mut seen = shared
-                .unknown_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if seen.insert(path.to_string()) {
-                warn!(
-                    method = path,
-                    "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)"
-                );
-            }
+            note_unknown(path, shared);
         }
         Route::Relay
     } else if path.starts_with(cri::V1ALPHA2_PREFIX) {
@@ -95,17 +104,57 @@ fn route(path: &str, shared: &Shared) -> Route {
     }
 }
 
+/// Logs an unknown `runtime.v1` method the first time it is seen, remembering a bounded set.
+fn note_unknown(path: &str, shared: &Shared) {
+    let mut seen = shared
+        .unknown_seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut end = path.len().min(MAX_UNKNOWN_NAME);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let key = &path[..end];
+    if seen.contains(key) {
+        return;
+    }
+    if seen.len() >= MAX_UNKNOWN_TRACKED {
+        if seen.len() == MAX_UNKNOWN_TRACKED {
+            seen.insert(String::new());
+            warn!(
+                tracked = MAX_UNKNOWN_TRACKED,
+                "many unknown runtime.v1 methods: further ones are forwarded without a log line"
+            );
+        }
+        return;
+    }
+    seen.insert(key.to_string());
+    shared
+        .stats
+        .unknown_tracked
+        .store(seen.len(), Ordering::Relaxed);
+    warn!(
+        method = key,
+        "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)"
+    );
+}
+
 /// Serves one downstream connection until it closes, or until shutdown has drained it.
 pub(crate) async fn serve(
     io: UnixStream,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let io = match socket::Socket::new(io) {
+    let io = match socket::Socket::downstream(io) {
         Ok(s) => s,
         Err(e) => return debug!(error = %e, "cannot set up the downstream socket"),
     };
-    let mut server = match h2::server::Builder::new().handshake::<_, Bytes>(io).await {
+    let mut server = match h2::server::Builder::new()
+        .max_concurrent_streams(shared.max_streams)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(io)
+        .await
+    {
         Ok(s) => s,
         Err(e) => return debug!(error = %e, "downstream handshake failed"),
     };
@@ -231,10 +280,51 @@ async fn intercepted(
         _ => Kind::Create,
     };
     let method = kind.method();
-    let bytes = match relay::read_body(&mut body, shared.max_message, method).await {
-        Ok(b) => b,
-        Err(Some(status)) => return relay::reply(respond, &status),
-        Err(None) => return,
+    // The buffered request's share of the budget, given back when `held` is dropped: after
+    // the forward (or, for a confirmed pull, when its task ends).
+    let mut held = Held::new(&shared.budget);
+    let read = relay::read_body(&mut body, shared.max_message, method, |n| {
+        if shared.budget.take(&mut held, n) {
+            return Ok(());
+        }
+        shared
+            .stats
+            .refused_over_budget
+            .fetch_add(1, Ordering::Relaxed);
+        Err(Status::new(
+            Code::ResourceExhausted,
+            format!(
+                "cri-guard: {method} refused: PullImage/CreateContainer requests being buffered \
+                 would exceed `max_intercepted_buffer` ({} bytes across all connections); retry, \
+                 or raise `max_intercepted_buffer` in the cri-guard configuration",
+                shared.budget.max()
+            ),
+        ))
+    });
+    let bytes = match tokio::time::timeout(shared.request_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(relay::ReadError::Refused(status))) => {
+            warn!(method, message = %status.message, "refused");
+            return relay::reply(respond, &status);
+        }
+        Ok(Err(relay::ReadError::Gone)) => return,
+        Err(_elapsed) => {
+            shared
+                .stats
+                .refused_over_deadline
+                .fetch_add(1, Ordering::Relaxed);
+            let status = Status::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "cri-guard: the {method} request did not arrive whole within {:?}; refused \
+                     (raise `intercepted_request_timeout` in the cri-guard configuration if the \
+                     client is legitimately this slow)",
+                    shared.request_timeout
+                ),
+            );
+            warn!(method, message = %status.message, "refused");
+            return relay::reply(respond, &status);
+        }
     };
     let call = match decode(kind, &bytes) {
         Ok(c) => c,
@@ -257,9 +347,75 @@ async fn intercepted(
             relay::forward(head, Body::Buffered(body), respond, send).await
         }
         Verdict::ForwardThen(confirm) => {
-            relay::forward_confirmed(head, bytes, respond, send, confirm).await
+            drop(send);
+            confirmed(head, bytes, held, respond, confirm, shared).await
         }
         Verdict::Deny(status) => relay::reply(respond, &status),
+    }
+}
+
+/// Forwards an allowed pull whose result must be confirmed. The pull and its confirmation run
+/// in a task of their own, on an upstream connection of their own, tracked by the proxy (so
+/// shutdown waits for them): a client that disconnects or cancels does not stop them, and an
+/// image that fails the confirmation is removed whatever the client does (invariant I1).
+async fn confirmed(
+    head: http::request::Parts,
+    bytes: Bytes,
+    held: Held,
+    mut respond: SendResponse<Bytes>,
+    confirm: Confirm,
+    shared: Arc<Shared>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let task_shared = shared.clone();
+    shared.detached.spawn(async move {
+        let answer = exchange_to_completion(&task_shared, head, bytes, confirm).await;
+        drop(held);
+        let _ = tx.send(answer);
+    });
+    let outcome = tokio::select! {
+        a = rx => Some(a),
+        // The client reset the stream: nobody to answer; the task carries on.
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => None,
+    };
+    match outcome {
+        Some(Ok(answer)) => relay::answer(respond, answer),
+        Some(Err(_)) => relay::reply(
+            respond,
+            &Status::new(
+                Code::Internal,
+                "cri-guard: the pull's confirmation stopped before it answered",
+            ),
+        ),
+        None => debug!("client went away during a confirmed pull; it runs to completion"),
+    }
+}
+
+async fn exchange_to_completion(
+    shared: &Shared,
+    head: http::request::Parts,
+    bytes: Bytes,
+    confirm: Confirm,
+) -> relay::Answer {
+    let Upstream { send, mut conn } = match connect(shared).await {
+        Ok(u) => {
+            METRICS.upstream_connect(true);
+            u
+        }
+        Err(status) => {
+            METRICS.upstream_connect(false);
+            return relay::Answer::Status(status);
+        }
+    };
+    let exchange = relay::exchange_confirmed(head, bytes, send, confirm, shared.max_message);
+    tokio::pin!(exchange);
+    let mut conn_done = false;
+    loop {
+        tokio::select! {
+            answer = &mut exchange => return answer,
+            // A closed connection fails the exchange, which then answers.
+            _ = &mut conn, if !conn_done => conn_done = true,
+        }
     }
 }
 

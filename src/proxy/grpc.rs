@@ -21,6 +21,7 @@ pub enum Code {
     /// the `SignatureValidationFailed` / `RegistryUnavailable` message prefix.
     Unknown = 2,
     InvalidArgument = 3,
+    DeadlineExceeded = 4,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Internal = 13,

@@ -5,6 +5,8 @@
 //! stops accepting, removes the socket file, lets in-flight calls finish within the grace period
 //! and drops what is left.
 
+mod authority;
+mod budget;
 mod conn;
 pub mod grpc;
 pub mod intercept;
@@ -24,6 +26,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+pub use budget::Stats;
 pub use intercept::{AllowAll, Call, Guard, Verdict};
 
 /// Why the proxy could not start.
@@ -65,10 +68,9 @@ impl Proxy {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let listener = UnixListener::bind(&path).map_err(io)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
-            .map_err(io)?;
+        let listener = bind_with_mode(&path, cfg.socket_mode).map_err(io)?;
         let meta = std::fs::metadata(&path).map_err(io)?;
+        let budget = budget::Budget::new(cfg.max_intercepted_buffer);
         Ok(Proxy {
             listener,
             ident: (meta.dev(), meta.ino()),
@@ -78,10 +80,23 @@ impl Proxy {
                 upstream: cfg.upstream.clone(),
                 connect_timeout: cfg.connect_timeout,
                 max_message: cfg.max_intercepted_message,
+                request_timeout: cfg.intercepted_request_timeout,
+                max_streams: cfg.max_streams_per_connection,
+                budget: budget.clone(),
+                stats: Arc::new(Stats {
+                    budget: Some(budget),
+                    ..Default::default()
+                }),
                 guard,
                 unknown_seen: Mutex::new(HashSet::new()),
+                detached: tokio_util::task::TaskTracker::new(),
             }),
         })
+    }
+
+    /// Counters of the proxy's bounded state (buffered bytes, refusals), live while it runs.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
     }
 
     /// The socket path the proxy listens on.
@@ -122,8 +137,11 @@ impl Proxy {
         remove_own_socket(&path, ident);
         info!(in_flight_connections = conns.len(), grace = ?grace, "shutting down: no longer accepting");
         let _ = stop_tx.send(true);
-        let drained =
-            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             warn!(
                 connections = conns.len(),
@@ -131,8 +149,38 @@ impl Proxy {
             );
             conns.abort_all();
         }
+        // Confirmed pulls outlive their connections; give them the rest of the grace period.
+        shared.detached.close();
+        if tokio::time::timeout_at(deadline, shared.detached.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                pulls = shared.detached.len(),
+                "grace period over; confirmed pulls still running are dropped"
+            );
+        }
         info!("stopped");
     }
+}
+
+/// Binds a listener at `path` whose socket file has `mode` from the moment it appears: the
+/// socket is made under a temporary name beside `path`, given its mode, then renamed into place
+/// (a socket file made at `path` directly has the umask's mode until it is changed, and a peer
+/// or a test could see it then).
+fn bind_with_mode(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// Makes `path` free for binding: a stale socket (nobody accepting) is removed; a live one or a

@@ -51,12 +51,13 @@ pub(crate) async fn forward(
     // Counted per method: one relaxed atomic add on a counter made at start.
     let method = method_index(head.uri.path());
     METRICS.relayed(method);
+    let failed = |respond, status: &Status| {
+        METRICS.relay_failed(method);
+        reply(respond, status)
+    };
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => {
-            METRICS.relay_failed(method);
-            return reply(respond, &unavailable("connection failed", &e));
-        }
+        Err(e) => return failed(respond, &unavailable("connection failed", &e)),
     };
     let request = Request::from_parts(head, ());
 
@@ -67,10 +68,7 @@ pub(crate) async fn forward(
                 let _ = tx.send_data(bytes, true);
                 (response, None)
             }
-            Err(e) => {
-                METRICS.relay_failed(method);
-                return reply(respond, &unavailable("refused the call", &e));
-            }
+            Err(e) => return failed(respond, &unavailable("refused the call", &e)),
         },
         Body::Stream(mut rx) => {
             let mut first = None;
@@ -92,10 +90,7 @@ pub(crate) async fn forward(
                         (response, (!done).then_some((rx, tx)))
                     }
                 }
-                Err(e) => {
-                    METRICS.relay_failed(method);
-                    return reply(respond, &unavailable("refused the call", &e));
-                }
+                Err(e) => return failed(respond, &unavailable("refused the call", &e)),
             }
         }
     };
@@ -106,11 +101,12 @@ pub(crate) async fn forward(
                 let (parts, rx) = resp.into_parts();
                 let eos = rx.is_end_stream();
                 let trailers_only_error = eos && error_status(&parts.headers);
-                let failed = match respond.send_response(Response::from_parts(parts, ()), eos) {
-                    Ok(tx) if !eos => pipe(rx, tx).await,
-                    _ => trailers_only_error,
-                };
-                if failed {
+                let ended_in_error =
+                    match respond.send_response(Response::from_parts(parts, ()), eos) {
+                        Ok(tx) if !eos => pipe(rx, tx, true).await,
+                        _ => trailers_only_error,
+                    };
+                if ended_in_error {
                     METRICS.relay_failed(method);
                 }
             }
@@ -130,7 +126,7 @@ pub(crate) async fn forward(
         Some((rx, tx)) => {
             // The call ends when the response ends; a request still streaming then is dropped.
             let request_side = async move {
-                let _ = pipe(rx, tx).await;
+                let _ = pipe(rx, tx, false).await;
                 std::future::pending::<()>().await
             };
             tokio::select! {
@@ -142,9 +138,12 @@ pub(crate) async fn forward(
 }
 
 /// Relays one direction of a stream: data with backpressure, then trailers or end of stream.
-/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL).
-/// Returns whether the stream ended in an error: a reset, or trailers with a gRPC error status.
-async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) -> bool {
+/// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL). On the
+/// response side (`response`), a runtime connection that breaks mid-response ends the client's
+/// call with status Unavailable (trailers), so it is never mistaken for a complete answer.
+/// Returns whether the stream ended in an error: a reset, a break, or trailers with a gRPC
+/// error status.
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>, response: bool) -> bool {
     loop {
         let next = tokio::select! {
             biased;
@@ -164,7 +163,7 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) -> bool {
                 }
             }
             Some(Err(e)) => {
-                tx.send_reset(e.reason().unwrap_or(Reason::CANCEL));
+                fail(tx, &e, response);
                 return true;
             }
             None => break,
@@ -181,7 +180,7 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) -> bool {
             false
         }
         Err(e) => {
-            tx.send_reset(e.reason().unwrap_or(Reason::CANCEL));
+            fail(tx, &e, response);
             true
         }
     }
@@ -190,6 +189,25 @@ async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>) -> bool {
 /// Whether headers (or trailers) carry a gRPC status other than OK.
 fn error_status(h: &http::HeaderMap) -> bool {
     h.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
+}
+
+/// Ends `tx` after its source failed: a reset the runtime (or client) sent is passed on as is;
+/// a broken runtime connection ends a response with status Unavailable.
+fn fail(mut tx: SendStream<Bytes>, e: &h2::Error, response: bool) {
+    match e.reason() {
+        Some(reason) if e.is_remote() || !response => tx.send_reset(reason),
+        _ if response => {
+            let status = unavailable("connection broke during the response", e);
+            let mut trailers = http::HeaderMap::new();
+            for (k, v) in status.to_response().headers() {
+                if k != "content-type" {
+                    trailers.insert(k, v.clone());
+                }
+            }
+            let _ = tx.send_trailers(trailers);
+        }
+        _ => tx.send_reset(Reason::CANCEL),
+    }
 }
 
 /// Sends `chunk` within the peer's flow-control window, waiting for capacity as needed; the
@@ -217,21 +235,30 @@ async fn send_all(tx: &mut SendStream<Bytes>, mut chunk: Bytes, eos: bool) -> Re
     Ok(())
 }
 
-/// Reads a whole request body, refusing more than `max` bytes. `Err(None)`: the client went away.
+/// Why a body was not read whole.
+pub(crate) enum ReadError {
+    /// The client went away (or reset the stream): nobody to answer.
+    Gone,
+    /// Refused, with this status.
+    Refused(Status),
+}
+
+/// Reads a whole body, refusing more than `max` bytes; `admit` is asked before each chunk is
+/// kept (the intercepted-bytes budget) and may refuse it.
 pub(crate) async fn read_body(
     rx: &mut RecvStream,
     max: usize,
     method: &str,
-) -> Result<Bytes, Option<Status>> {
+    mut admit: impl FnMut(usize) -> Result<(), Status>,
+) -> Result<Bytes, ReadError> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = rx.data().await {
-        let chunk = chunk.map_err(|_| None)?;
+        let chunk = chunk.map_err(|_| ReadError::Gone)?;
         total += chunk.len();
-        let _ = rx.flow_control().release_capacity(chunk.len());
         if total > max {
-            return Err(Some(Status::new(
+            return Err(ReadError::Refused(Status::new(
                 Code::ResourceExhausted,
                 format!(
                     "cri-guard: {method} request larger than {max} bytes refused; raise \
@@ -239,9 +266,17 @@ pub(crate) async fn read_body(
                 ),
             )));
         }
+        admit(chunk.len()).map_err(ReadError::Refused)?;
+        let _ = rx.flow_control().release_capacity(chunk.len());
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
             Some(f) => {
+                // Room for the whole message its gRPC header announces (within `max`), so the
+                // buffer does not grow by doubling past what was admitted.
+                let announced = f.get(1..5).map_or(0, |l| {
+                    u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 5
+                });
+                buf.reserve(announced.min(max).max(f.len() + chunk.len()));
                 buf.extend_from_slice(&f);
                 buf.extend_from_slice(&chunk);
             }
@@ -251,54 +286,65 @@ pub(crate) async fn read_body(
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-/// Forwards a unary call whose successful response must be confirmed before the kubelet sees it:
-/// the response is read whole (headers, message, trailers), handed to `confirm`, and then either
-/// relayed unchanged or replaced by the status `confirm` returns. Error responses pass through.
-pub(crate) async fn forward_confirmed(
+/// The runtime's answer to a confirmed call, read whole, for the client.
+pub(crate) enum Answer {
+    /// The runtime's response, relayed unchanged: headers, message, trailers.
+    Relay {
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    },
+    /// A trailers-only response (an error status from the runtime), relayed unchanged.
+    TrailersOnly(http::response::Parts),
+    /// cri-guard's own status instead (the confirmation refused, or the runtime failed).
+    Status(Status),
+}
+
+/// Sends a unary call to the runtime and, if it succeeds, runs `confirm` on its response,
+/// independently of the client (the caller runs this in its own task, so that the check, and
+/// the removal of an image that fails it, complete even if the client goes away: I1).
+/// The response is read whole (headers, message, trailers); error responses pass through.
+pub(crate) async fn exchange_confirmed(
     head: http::request::Parts,
     body: Bytes,
-    mut respond: SendResponse<Bytes>,
     upstream: SendRequest<Bytes>,
     confirm: Confirm,
-) {
+    max_response: usize,
+) -> Answer {
     let method = method_index(head.uri.path());
     METRICS.relayed(method);
-    let failed = |respond, status: &Status| {
+    let failed = |status| {
         METRICS.relay_failed(method);
-        reply(respond, status)
+        Answer::Status(status)
     };
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return failed(respond, &unavailable("connection failed", &e)),
+        Err(e) => return failed(unavailable("connection failed", &e)),
     };
     let response = match upstream.send_request(Request::from_parts(head, ()), false) {
         Ok((response, mut tx)) => {
             let _ = tx.send_data(body, true);
             response
         }
-        Err(e) => return failed(respond, &unavailable("refused the call", &e)),
+        Err(e) => return failed(unavailable("refused the call", &e)),
     };
     let resp = match response.await {
         Ok(r) => r,
-        Err(e) => return failed(respond, &unavailable("connection broke", &e)),
+        Err(e) => return failed(unavailable("connection broke", &e)),
     };
     let (parts, mut rx) = resp.into_parts();
     if rx.is_end_stream() {
         // Trailers-only: an error status. Nothing was stored; pass it on.
         METRICS.relay_failed(method);
-        let _ = respond.send_response(Response::from_parts(parts, ()), true);
-        return;
+        return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, 16 << 20, "PullImage response").await {
+    let data = match read_body(&mut rx, max_response, "PullImage response", |_| Ok(())).await {
         Ok(d) => d,
         Err(_) => {
-            return failed(
-                respond,
-                &Status::new(
-                    Code::Unavailable,
-                    "cri-guard: the runtime's response broke off",
-                ),
-            );
+            return failed(Status::new(
+                Code::Unavailable,
+                "cri-guard: the runtime's response broke off",
+            ));
         }
     };
     let trailers = rx.trailers().await.ok().flatten();
@@ -320,21 +366,42 @@ pub(crate) async fn forward_confirmed(
             )),
         };
         if let Err(status) = verdict {
-            return reply(respond, &status);
+            return Answer::Status(status);
         }
     } else {
         METRICS.relay_failed(method);
     }
-    let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
-        return;
-    };
-    let _ = tx.send_data(data, false);
-    match trailers {
-        Some(t) => {
-            let _ = tx.send_trailers(t);
+    Answer::Relay {
+        parts,
+        data,
+        trailers,
+    }
+}
+
+/// Gives the client the answer of [`exchange_confirmed`].
+pub(crate) fn answer(mut respond: SendResponse<Bytes>, answer: Answer) {
+    match answer {
+        Answer::Status(status) => reply(respond, &status),
+        Answer::TrailersOnly(parts) => {
+            let _ = respond.send_response(Response::from_parts(parts, ()), true);
         }
-        None => {
-            let _ = tx.send_data(Bytes::new(), true);
+        Answer::Relay {
+            parts,
+            data,
+            trailers,
+        } => {
+            let Ok(mut tx) = respond.send_response(Response::from_parts(parts, ()), false) else {
+                return;
+            };
+            let _ = tx.send_data(data, false);
+            match trailers {
+                Some(t) => {
+                    let _ = tx.send_trailers(t);
+                }
+                None => {
+                    let _ = tx.send_data(Bytes::new(), true);
+                }
+            }
         }
     }
 }

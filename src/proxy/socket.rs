@@ -17,20 +17,39 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+use super::authority::AuthorityFix;
+
 pub(crate) struct Socket {
     read: AsyncFd<StdStream>,
     /// Registered for writability only while a write is blocked.
     write_wait: Option<AsyncFd<StdStream>>,
+    /// On the kubelet side: the `:authority` fix applied to what the client sends.
+    fix: Option<Box<AuthorityFix>>,
+    /// What each read lands in before it is copied to h2.
+    scratch: Box<[u8]>,
 }
 
+/// Most bytes one read takes (h2 asks for at most its buffer's free space anyway).
+const READ_CHUNK: usize = 16 * 1024;
+
 impl Socket {
+    /// A socket to the runtime: bytes pass as they are.
     pub(crate) fn new(stream: tokio::net::UnixStream) -> io::Result<Socket> {
         let std = stream.into_std()?;
         std.set_nonblocking(true)?;
         Ok(Socket {
             read: register(std, Interest::READABLE)?,
             write_wait: None,
+            fix: None,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         })
+    }
+
+    /// A socket from a client: what it sends goes through [`AuthorityFix`] before h2 reads it.
+    pub(crate) fn downstream(stream: tokio::net::UnixStream) -> io::Result<Socket> {
+        let mut s = Socket::new(stream)?;
+        s.fix = Some(Box::new(AuthorityFix::new()));
+        Ok(s)
     }
 }
 
@@ -50,11 +69,21 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.read.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let len = unfilled.len();
-            match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
+            if let Some(fix) = &mut this.fix {
+                if fix.has_out() {
+                    buf.put_slice(&fix.take_out(buf.remaining()));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut guard = ready!(this.read.poll_read_ready(cx))?;
+            // Read into our own (initialized) buffer and copy what came: h2 hands us
+            // uninitialized space, and initializing it (a memset of its whole 8+ KiB) on every
+            // read cost more than the copy of the few hundred bytes a CRI call brings.
+            let len = this.scratch.len().min(buf.remaining());
+            let scratch = &mut this.scratch[..len];
+            match guard.try_io(|fd| fd.get_ref().read(scratch)) {
                 Ok(Ok(n)) => {
                     // A short read drained the socket: wait for the next edge instead of paying
                     // a read syscall just to hear EAGAIN (tokio's streams do the same; its
@@ -62,8 +91,26 @@ impl AsyncRead for Socket {
                     if n > 0 && n < len {
                         guard.clear_ready();
                     }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+                    let read = &this.scratch[..n];
+                    let Some(fix) = &mut this.fix else {
+                        buf.put_slice(read);
+                        return Poll::Ready(Ok(()));
+                    };
+                    if n == 0 {
+                        fix.finish();
+                        if fix.has_out() {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    let pass = if fix.busy() { 0 } else { fix.scan(read) };
+                    if pass < n {
+                        fix.push(&read[pass..]);
+                    }
+                    if pass > 0 {
+                        buf.put_slice(&read[..pass]);
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Poll::Ready(Err(e)),

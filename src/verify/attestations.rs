@@ -1,84 +1,140 @@
 //! Required attestations of a rule (`[[rules.attestations]]`), checked once the image's
-//! signatures are: the `sha256-<hex>.att` attachment cosign writes (`cosign attest`), one DSSE
-//! envelope per layer over an in-toto statement.
+//! signatures are, in both formats: the `sha256-<hex>.att` attachment (one DSSE envelope per
+//! layer, `cosign attest --new-bundle-format=false`) and the Sigstore bundles among the image's
+//! referrers (`cosign attest`, cosign 3's default).
 //!
-//! Every layer is verified against the rule's attestors (the signature over the DSSE PAE,
-//! Rekor when the attestor requires it, the statement's subject is this digest); the
-//! predicate type that counts is the *signed* statement's, never the layer's `predicateType`
-//! annotation (that one only names unverified layers in messages). A requirement is met by one
+//! Every layer and bundle is verified against the rule's attestors (the signature over the
+//! DSSE PAE, the transparency-log and timestamp proofs the attestor requires, the statement's
+//! subject is this digest); the predicate type that counts is the *signed* statement's, never
+//! the layer's `predicateType` or the referrer's `dev.sigstore.bundle.predicateType`
+//! annotation (those only name unverified attestations in messages). A requirement is met by one
 //! verified statement of its predicate type, signed by one of its attestors, whose predicate
 //! meets every condition. The first unmet requirement decides the denial, and its message
 //! names the predicate type.
 
 use oci_client::Reference;
 
-use super::cosign::attest::{self, AttestationFailure, DSSE_MEDIA_TYPE, VerifiedAttestation};
+use super::cosign::tag::attestation::{self, VerifiedAttestation};
+use super::discovery::{Found, Want};
 use super::policy::{AttestationRule, Rule};
-use super::{Attached, Denial, Finding, State, attachment_tag, fetch_attached};
+use super::{Denial, Finding, State, signer_name, tag_based_unsupported, verify_image_bundle};
 use crate::registry::Auth;
 
 /// Layer annotation cosign writes with the predicate type (unverified; messages only).
 const PREDICATE_TYPE_ANNOTATION: &str = "predicateType";
+/// The predicate type of `cosign sign` bundles: signatures, not attestations.
+const SIGN_PREDICATE_TYPE: &str = super::cosign::bundle::SIGN_PREDICATE_TYPE;
 
-/// One layer of the `.att` attachment, checked against every attestor of the rule.
+/// One attestation (a layer of the `.att` attachment or a Sigstore bundle), checked against
+/// every attestor of the rule.
 struct Checked {
-    /// What the layer's annotation claims (for layers no attestor verified).
+    /// What the layer's or referrer's annotation claims (for those no attestor verified).
     claimed: Option<String>,
     /// (attestor index, what it verified) for every attestor whose check passed.
     verified: Vec<(usize, VerifiedAttestation)>,
-    /// The most telling failure among the attestors that did not verify it.
-    failure: Option<AttestationFailure>,
+    /// The most telling failure (specificity, message) among the attestors that did not
+    /// verify it.
+    failure: Option<(u8, String)>,
+}
+
+impl Checked {
+    fn new(claimed: Option<String>) -> Checked {
+        Checked {
+            claimed,
+            verified: Vec::new(),
+            failure: None,
+        }
+    }
+
+    fn failed(&mut self, specificity: u8, message: String) {
+        if self
+            .failure
+            .as_ref()
+            .is_none_or(|(best, _)| specificity > *best)
+        {
+            self.failure = Some((specificity, message));
+        }
+    }
 }
 
 /// Checks the rule's required attestations of `digest`; returns what was found, or the denial
 /// naming the first predicate type not satisfied (with what was found).
 pub(super) async fn verify(
     state: &State,
-    reference: &Reference,
+    repo: &Reference,
     rule: &Rule,
     digest: &str,
     auth: &Auth,
+    found: &mut Found,
 ) -> Result<Vec<Finding>, Denial> {
-    let repo = rule.signatures_repository.as_ref().unwrap_or(reference);
-    let tag = attachment_tag(digest, "att");
-    let max = state.policy.fetch.max_attestation_size;
-    let auth = state.auth_for_repo(repo, reference, auth);
-    let Attached {
-        place,
-        found,
-        layers,
-        skipped,
-    } = fetch_attached(state, repo, &tag, DSSE_MEDIA_TYPE, max, &auth).await?;
-
-    let checked: Vec<Checked> = layers
+    let (att_place, att_found, layers, skipped) = match &found.att {
+        Some(Ok(a)) => (a.place.clone(), a.found, &a.layers[..], a.skipped.clone()),
+        Some(Err(denial)) => return Err(denial.clone()),
+        None => (String::new(), false, &[][..], Vec::new()),
+    };
+    let mut checked: Vec<Checked> = layers
         .iter()
         .map(|layer| {
-            let mut c = Checked {
-                claimed: layer.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned(),
-                verified: Vec::new(),
-                failure: None,
-            };
+            let mut c = Checked::new(layer.annotations.get(PREDICATE_TYPE_ANNOTATION).cloned());
             for (i, attestor) in rule.attestors.iter().enumerate() {
-                match attest::verify_attestation_layer(
+                if let Some(why) = tag_based_unsupported(attestor) {
+                    c.failed(3, why);
+                    continue;
+                }
+                match attestation::verify_attestation_layer(
                     layer,
                     &attestor.authority,
                     digest,
                     attestor.rekor.as_ref(),
                 ) {
                     Ok(v) => c.verified.push((i, v)),
-                    Err(f) => {
-                        if c.failure
-                            .as_ref()
-                            .is_none_or(|best| f.specificity() > best.specificity())
-                        {
-                            c.failure = Some(f);
-                        }
-                    }
+                    Err(f) => c.failed(f.specificity(), f.to_string()),
                 }
             }
             c
         })
         .collect();
+
+    let mut bundles_found = 0;
+    if found.referrers.error.is_none() {
+        let bundles = found
+            .referrers
+            .bundles(state, repo, digest, &[Want::Attestations], auth)
+            .await;
+        for b in bundles
+            .iter()
+            .filter(|b| b.claimed.as_deref() != Some(SIGN_PREDICATE_TYPE))
+        {
+            bundles_found += 1;
+            let mut c = Checked::new(b.claimed.clone());
+            match &b.bytes {
+                Err(why) => c.failed(1, format!("{}: {why}", b.place)),
+                Ok(bytes) => {
+                    for (i, attestor) in rule.attestors.iter().enumerate() {
+                        match verify_image_bundle(rule, attestor, bytes, digest, None) {
+                            Ok(v) => match v.statement {
+                                Some(statement) => c.verified.push((
+                                    i,
+                                    VerifiedAttestation {
+                                        statement,
+                                        signer: signer_name(attestor, v.identity),
+                                        tlog: v.tlog,
+                                        integrated_time: v.signed_at,
+                                    },
+                                )),
+                                None => c.failed(
+                                    4,
+                                    format!("{}: a message signature, not an attestation", b.place),
+                                ),
+                            },
+                            Err(f) => c.failed(f.specificity(), f.to_string()),
+                        }
+                    }
+                }
+            }
+            checked.push(c);
+        }
+    }
 
     let mut findings: Vec<Finding> = checked
         .iter()
@@ -95,7 +151,7 @@ pub(super) async fn verify(
                     .unwrap_or_else(|| "(unknown predicate type)".into()),
                 accepted: false,
                 detail: match &c.failure {
-                    Some(f) => format!("not verified: {f}"),
+                    Some((_, f)) => format!("not verified: {f}"),
                     None => "not verified: the rule has no attestors".into(),
                 },
             },
@@ -123,11 +179,20 @@ pub(super) async fn verify(
     match unmet {
         None => Ok(findings),
         Some(why) => {
-            let mut d = Denial::new(if !found {
-                format!("{why} (nothing at {place})")
-            } else {
-                why
-            });
+            let referrers = &found.referrers;
+            let mut d = match (&referrers.error, &referrers.unavailable) {
+                // What could not be looked at may have held it.
+                (Some(e), _) | (None, Some(e)) => {
+                    let mut d = e.clone();
+                    d.reason = format!("{why}; {}", e.reason);
+                    d
+                }
+                _ if !att_found && bundles_found == 0 => Denial::new(format!(
+                    "{why} (nothing at {att_place}; {})",
+                    referrers.nothing("attestation bundle")
+                )),
+                _ => Denial::new(why),
+            };
             d.attestations = findings.into();
             Err(d)
         }
@@ -235,7 +300,8 @@ fn satisfy(
         .iter()
         .filter(|c| c.verified.is_empty() && c.claimed.as_deref() == Some(pt.as_str()))
         .filter_map(|c| c.failure.as_ref())
-        .max_by_key(|f| f.specificity());
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, f)| f);
     if let Some(f) = claimed {
         return Err(format!(
             "attestation {pt} is not signed by a trusted attestor ({}): {f}",

@@ -8,9 +8,11 @@
 //!   -> resolve tag -> digest (registry HEAD; cached briefly, never an allow key)
 //!   -> cache::Cache keyed (repository, digest, policy generation, rule)   hit: microseconds
 //!   -> miss: a verification slot (bounded, with a bounded queue) and a fetch budget, then
-//!            fetch REPO:sha256-<hex>.sig, its signature layers, cosign::verify_layer per
-//!            attestor; at least `count` distinct attestors must have signed (single flight per
-//!            credential; an allow is shared, a denial stays with the credentials that got it)
+//!            discovery: REPO:sha256-<hex>.sig (and .att), the referrers API and the referrers
+//!            tag at once; `.sig` layers by cosign::verify_layer, Sigstore bundles by
+//!            cosign::bundle per attestor; at least `count` distinct attestors must have signed,
+//!            in either format (single flight per credential; an allow is shared, a denial
+//!            stays with the credentials that got it)
 //!   -> allowed: forward the pull, then confirm the digest containerd actually stored (I1): a tag
 //!      that moved to an unverified digest during the pull gets the image removed and the pull denied
 //!   -> denied: `SignatureValidationFailed: <image>: <reason>` (or `RegistryUnavailable: ...`),
@@ -34,10 +36,10 @@
 mod attestations;
 pub mod cache;
 pub mod cosign;
+mod discovery;
 pub mod policy;
 pub mod reference;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -45,7 +47,6 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use bytes::Bytes;
 use oci_client::Reference;
 use prost::Message as _;
-use serde::Deserialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::warn;
 
@@ -55,14 +56,14 @@ use crate::proxy::grpc::{Code, Status, Text};
 use crate::proxy::intercept::{BoxFuture, Call, Guard, Verdict};
 use crate::registry::{Auth, Budget, Registry, RegistryConfig, RegistryError, valid_digest};
 use cache::{Cache, Key};
-use cosign::{Expected, SigLayer};
-use policy::{Matched, Mode, Policy, Rule, SandboxMode, repository_of};
+use cosign::Expected;
+use cosign::bundle::{Artifact, BundleExpect, BundleFailure, SIGN_PREDICATE_TYPE, VerifiedBundle};
+use discovery::{Found, Want};
+use policy::{Attestor, Matched, Mode, Policy, Rule, SandboxMode, repository_of};
 use reference::Normal;
 
 /// Media type of cosign signature layers.
 pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
-/// Most layers a signature manifest may have before we refuse to look at it.
-const MAX_SIGNATURE_LAYERS: usize = 64;
 
 /// The result of verifying one digest under one rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +382,12 @@ impl Verifier {
             s.misses.load(Relaxed),
             s.verifications.load(Relaxed),
         )
+    }
+
+    /// HTTP requests sent to registries by the current policy's client (round-trip accounting
+    /// for tests and benchmarks).
+    pub fn registry_requests(&self) -> u64 {
+        self.current().registry.requests()
     }
 
     /// Decides on `image` for a pod in `namespace`; `auth` are credentials for the image's
@@ -1185,22 +1192,6 @@ fn to_cri_auth(auth: &Auth) -> Option<cri::AuthConfig> {
     }
 }
 
-#[derive(Deserialize)]
-struct OciManifest {
-    #[serde(default)]
-    layers: Vec<OciDescriptor>,
-}
-
-#[derive(Deserialize)]
-struct OciDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-}
-
 impl State {
     /// The credentials to fetch from `repo` for an image at `image`: the caller's `auth` (given
     /// for the image's registry) only if `repo` is on that registry; for another registry (a
@@ -1217,90 +1208,8 @@ impl State {
     }
 }
 
-/// One cosign attachment of an image (`sha256-<hex>.sig` or `.att`): the layers of the wanted
-/// media type, and a description of what else was there.
-struct Attached {
-    /// `registry/repository:tag`, for messages.
-    place: String,
-    /// Whether a manifest is there at all.
-    found: bool,
-    layers: Vec<SigLayer>,
-    skipped: Vec<String>,
-}
-
-/// Fetches the attachment at `tag` of `repo` (`found: false` when there is none). Layers of
-/// other media types or over `max` bytes are skipped (and described), never fetched.
-async fn fetch_attached(
-    state: &State,
-    repo: &Reference,
-    tag: &str,
-    media_type: &str,
-    max: usize,
-    auth: &Auth,
-) -> Result<Attached, Denial> {
-    let mut attached = Attached {
-        place: format!("{}/{}:{tag}", repo.registry(), repo.repository()),
-        found: false,
-        layers: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let place = &attached.place;
-    let manifest = match state.registry.manifest_at(repo, tag, auth).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(attached),
-        Err(e) => return Err(Denial::registry(&e, &format!("cannot fetch {place}"))),
-    };
-    let parsed: OciManifest = serde_json::from_slice(&manifest.body)
-        .map_err(|e| Denial::new(format!("the manifest at {place} is malformed: {e}")))?;
-    if parsed.layers.len() > MAX_SIGNATURE_LAYERS {
-        return Err(Denial::new(format!(
-            "the manifest at {place} has {} layers (limit {MAX_SIGNATURE_LAYERS})",
-            parsed.layers.len()
-        )));
-    }
-    let mut layers = Vec::new();
-    let mut skipped = Vec::new();
-    for l in &parsed.layers {
-        if l.media_type != media_type {
-            skipped.push(crate::proxy::grpc::bounded(&l.media_type, 120));
-            continue;
-        }
-        if l.size < 0 || l.size as usize > max {
-            skipped.push(format!("a {}-byte layer over the {max}-byte limit", l.size));
-            continue;
-        }
-        match state.registry.blob(repo, &l.digest, max, auth).await {
-            Ok(payload) => layers.push(SigLayer {
-                media_type: l.media_type.clone(),
-                payload: payload.to_vec(),
-                annotations: l.annotations.clone(),
-            }),
-            Err(e) => {
-                return Err(Denial::registry(
-                    &e,
-                    &format!("cannot fetch a layer of {place}"),
-                ));
-            }
-        }
-    }
-    // Name the first few skipped layers and count the rest: the registry picks their number.
-    if skipped.len() > 5 {
-        let more = skipped.len() - 5;
-        skipped.truncate(5);
-        skipped.push(format!("{more} more"));
-    }
-    attached.found = true;
-    attached.layers = layers;
-    attached.skipped = skipped;
-    Ok(attached)
-}
-
-/// The tag cosign attaches `suffix` (`sig`, `att`) of `digest` under.
-fn attachment_tag(digest: &str, suffix: &str) -> String {
-    format!("{}.{suffix}", digest.replace(':', "-"))
-}
-
-/// Verifies `digest` under `rule`: its signatures, then the attestations the rule requires.
+/// Verifies `digest` under `rule`: its signatures in either format, then the attestations
+/// the rule requires. Discovery (`discovery.rs`) looks in all places at once.
 async fn verify_image(
     state: &State,
     reference: &Reference,
@@ -1308,17 +1217,23 @@ async fn verify_image(
     digest: &str,
     auth: &Auth,
 ) -> Outcome {
-    let attestors = match verify_signatures(state, reference, rule, digest, auth).await {
-        Ok(a) => a,
-        Err(denial) => return Outcome::Denied(denial.in_stage(ReasonClass::BadSignature)),
-    };
-    if rule.attestations.is_empty() {
+    let repo = rule.signatures_repository.as_ref().unwrap_or(reference);
+    // Credentials given for the image's registry go to no other (I6).
+    let auth = &state.auth_for_repo(repo, reference, auth);
+    let needs_attestations = !rule.attestations.is_empty();
+    let mut found = discovery::discover(state, repo, digest, needs_attestations, auth).await;
+    let attestors =
+        match verify_signatures(state, repo, reference, rule, digest, auth, &mut found).await {
+            Ok(a) => a,
+            Err(denial) => return Outcome::Denied(denial.in_stage(ReasonClass::BadSignature)),
+        };
+    if !needs_attestations {
         return Outcome::Verified {
             attestors,
             attestations: Findings::default(),
         };
     }
-    match attestations::verify(state, reference, rule, digest, auth).await {
+    match attestations::verify(state, repo, rule, digest, auth, &mut found).await {
         Ok(findings) => Outcome::Verified {
             attestors,
             attestations: findings.into(),
@@ -1327,92 +1242,189 @@ async fn verify_image(
     }
 }
 
-/// Fetches the cosign signatures of `digest` and checks them against the rule's attestors;
-/// returns who signed.
+/// Verifies one Sigstore bundle (JSON) of the image `digest` with one attestor of `rule`: the
+/// bundle's signature, certificate and proofs as the attestor requires
+/// ([`cosign::bundle::verify_bundle`]), its statement about this digest, and of
+/// `predicate_type` (`sign/v1` for a signature, the attestation's type for an attestation).
+/// Sigstore bundles carry no docker-reference, so a rule that requires the signed tag
+/// (`signedIdentity = "exact"`) cannot be met by one. Returns the signer's identity (for
+/// certificates) and the statement.
+pub fn verify_image_bundle(
+    rule: &Rule,
+    attestor: &Attestor,
+    bundle: &[u8],
+    digest: &str,
+    predicate_type: Option<&str>,
+) -> Result<VerifiedBundle, BundleFailure> {
+    if rule.identity == cosign::IdentityMatch::Exact {
+        return Err(BundleFailure::Missing {
+            reason: format!(
+                "rule {:?} requires the signed tag (signedIdentity = \"exact\"), which a Sigstore bundle does not carry",
+                rule.name
+            ),
+        });
+    }
+    cosign::bundle::verify_bundle(
+        bundle,
+        &attestor.authority,
+        &attestor.transparency,
+        &BundleExpect {
+            artifact: Artifact::Digest(digest),
+            predicate_type,
+        },
+    )
+}
+
+/// Why tag-based signatures and attestations (`.sig`, `.att`) can't satisfy `attestor`, if
+/// they can't: they carry no RFC 3161 timestamp cri-guard reads, so an attestor that requires
+/// timestamps accepts only Sigstore bundles.
+fn tag_based_unsupported(attestor: &Attestor) -> Option<String> {
+    let n = attestor.transparency.min_timestamps;
+    (n > 0).then(|| {
+        format!(
+            "attestor {} requires {n} RFC 3161 timestamp(s) (minTimestamps), which only Sigstore bundles carry; the .sig/.att tags do not count for it",
+            attestor.name
+        )
+    })
+}
+
+/// Who verified, as a decision names them: the attestor, and for certificate signers the
+/// identity it proved.
+fn signer_name(attestor: &Attestor, identity: Option<String>) -> String {
+    match identity {
+        Some(id) => format!("{} as {id}", attestor.name),
+        None => attestor.name.clone(),
+    }
+}
+
+/// Checks the image's signatures in both formats against the rule's attestors (a valid one in
+/// either format counts); returns who signed, or the denial naming the most telling failure.
 async fn verify_signatures(
     state: &State,
+    repo: &Reference,
     reference: &Reference,
     rule: &Rule,
     digest: &str,
     auth: &Auth,
+    found: &mut Found,
 ) -> Result<Vec<String>, Denial> {
-    let sig_repo = rule.signatures_repository.as_ref().unwrap_or(reference);
-    let tag = attachment_tag(digest, "sig");
-    let max = state.policy.fetch.max_signature_size;
-    let auth = state.auth_for_repo(sig_repo, reference, auth);
-    let Attached {
-        place,
-        found,
-        layers,
-        skipped,
-    } = fetch_attached(state, sig_repo, &tag, SIMPLESIGNING, max, &auth).await?;
-    if !found {
-        return Err(Denial::new(format!(
-            "no signature found (nothing at {place})"
-        )));
-    }
-    if layers.is_empty() {
-        return Err(Denial::new(format!(
-            "no cosign signature layer at {place} (found: {})",
-            if skipped.is_empty() {
-                "no layers".to_string()
-            } else {
-                skipped.join(", ")
-            }
-        )));
-    }
-    let mut failures: Vec<cosign::Failure> = Vec::new();
     let expected = Expected {
         digest,
         reference,
         identity: &rule.identity,
     };
-    let mut signed_by = Vec::new();
-    let mut signed = vec![false; rule.attestors.len()];
-    for (i, attestor) in rule.attestors.iter().enumerate() {
-        for layer in &layers {
-            match cosign::verify_layer(
-                layer,
-                &attestor.authority,
-                &expected,
-                attestor.rekor.as_ref(),
-            ) {
-                Ok(v) => {
-                    signed[i] = true;
-                    // A certificate signer is named with the identity it proved.
-                    signed_by.push(match v.identity {
-                        Some(id) => format!("{} as {id}", attestor.name),
-                        None => attestor.name.clone(),
-                    });
-                    break;
+    // (specificity, message) of every failed check, across formats.
+    let mut failures: Vec<(u8, String)> = Vec::new();
+    let mut signed_by: Vec<Option<String>> = vec![None; rule.attestors.len()];
+    let (sig_place, sig_found, sig_layers) = match &found.sig {
+        Ok(a) => (a.place.clone(), a.found, a.layers.len()),
+        Err(_) => (String::new(), false, 0),
+    };
+    if let Ok(attached) = &found.sig {
+        for (i, attestor) in rule.attestors.iter().enumerate() {
+            if let Some(why) = tag_based_unsupported(attestor) {
+                if !attached.layers.is_empty() {
+                    failures.push((3, why));
                 }
-                Err(f) => failures.push(f),
+                continue;
+            }
+            for layer in &attached.layers {
+                match cosign::verify_layer(
+                    layer,
+                    &attestor.authority,
+                    &expected,
+                    attestor.rekor.as_ref(),
+                ) {
+                    Ok(v) => {
+                        signed_by[i] = Some(signer_name(attestor, v.identity));
+                        break;
+                    }
+                    Err(f) => failures.push((f.specificity(), f.to_string())),
+                }
             }
         }
     }
-    if signed_by.len() >= rule.count {
-        return Ok(signed_by);
+    let count = |s: &[Option<String>]| s.iter().filter(|x| x.is_some()).count();
+    if count(&signed_by) < rule.count && found.referrers.error.is_none() {
+        let mut wants = vec![Want::Signatures];
+        if !rule.attestations.is_empty() {
+            // Fetched in the same round, for the attestations that follow.
+            wants.push(Want::Attestations);
+        }
+        let bundles = found
+            .referrers
+            .bundles(state, repo, digest, &wants, auth)
+            .await;
+        // Those claimed to be signatures, or not claimed to be anything.
+        for b in bundles.iter().filter(|b| {
+            b.claimed
+                .as_deref()
+                .is_none_or(|c| c == SIGN_PREDICATE_TYPE)
+        }) {
+            let bytes = match &b.bytes {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    failures.push((1, format!("{}: {why}", b.place)));
+                    continue;
+                }
+            };
+            for (i, attestor) in rule.attestors.iter().enumerate() {
+                if signed_by[i].is_some() {
+                    continue;
+                }
+                match verify_image_bundle(rule, attestor, bytes, digest, Some(SIGN_PREDICATE_TYPE))
+                {
+                    Ok(v) => signed_by[i] = Some(signer_name(attestor, v.identity)),
+                    Err(f) => failures.push((f.specificity(), f.to_string())),
+                }
+            }
+        }
     }
-    if !signed_by.is_empty() {
+    let signed: Vec<String> = signed_by.iter().flatten().cloned().collect();
+    if signed.len() >= rule.count {
+        return Ok(signed);
+    }
+    if !signed.is_empty() {
         let missing: Vec<&str> = rule
             .attestors
             .iter()
-            .zip(&signed)
-            .filter(|(_, s)| !**s)
+            .zip(&signed_by)
+            .filter(|(_, s)| s.is_none())
             .map(|(a, _)| a.name.as_str())
             .collect();
         return Err(Denial::new(format!(
             "signed by {} of the {} required attestors ({}); not signed by {}",
-            signed_by.len(),
+            signed.len(),
             rule.count,
-            signed_by.join(", "),
+            signed.join(", "),
             missing.join(", ")
         )));
     }
-    let best = failures.iter().max_by_key(|f| f.specificity());
-    Err(Denial::new(match best {
-        Some(f) => format!("no valid signature: {f}"),
-        None => "no valid signature".to_string(),
+    // Nothing verified: the most telling failure, else what was (not) found where.
+    if let Some((_, f)) = failures.iter().max_by_key(|(s, _)| *s) {
+        return Err(Denial::new(format!("no valid signature: {f}")));
+    }
+    let referrers = &found.referrers;
+    if let Err(denial) = &found.sig {
+        return Err(denial.clone());
+    }
+    if let Some(denial) = &referrers.error {
+        return Err(denial.clone());
+    }
+    if let Some(denial) = &referrers.unavailable {
+        return Err(denial.clone());
+    }
+    let new_format = referrers.nothing("bundle");
+    Err(Denial::new(if !sig_found {
+        format!("no signature found (nothing at {sig_place}; {new_format})")
+    } else if sig_layers == 0 {
+        let skipped = match &found.sig {
+            Ok(a) if !a.skipped.is_empty() => a.skipped.join(", "),
+            _ => "no layers".to_string(),
+        };
+        format!("no cosign signature layer at {sig_place} (found: {skipped}); {new_format}")
+    } else {
+        format!("no valid signature ({new_format})")
     }))
 }
 

@@ -38,6 +38,9 @@
 //! key = "/etc/cri-guard/keys/release.pub"     # PEM public key: ECDSA P-256/P-384, RSA, Ed25519
 //! # keyData = "-----BEGIN PUBLIC KEY-----..." # or inline
 //! # rekorKey = "/etc/cri-guard/keys/rekor.pub" # require a Rekor bundle checked against this key
+//! # trustedRoot = "/etc/cri-guard/trust/trusted_root.json"  # Rekor logs (required), TSAs, CT logs
+//! # timestampAuthorities = "/etc/cri-guard/trust/tsa-chain.pem"  # an RFC 3161 TSA's chain
+//! # minTimestamps = 1  # Sigstore bundles must carry this many verified RFC 3161 timestamps
 //!
 //! [[rules.attestors]]                # keyless (Fulcio): who signed, and the CA; offline
 //! name = "github-release"
@@ -70,11 +73,12 @@
 //! verifyTimeout = "30s"          # whole decision; over it, the pull is denied
 //! maxManifestSize = "4MiB"
 //! maxSignatureSize = "1MiB"
-//! maxAttestationSize = "16MiB"   # one attestation layer (an SBOM can be large)
+//! maxAttestationSize = "16MiB"   # one attestation layer or bundle (an SBOM can be large)
 //! maxVerificationBytes = "20MiB" # all a verification fetches (manifests and layers)
 //! maxVerificationBlobs = 128     # layers a verification fetches
 //! maxConcurrentVerifications = 4 # verifications running at once
 //! maxQueuedVerifications = 128   # waiting for a slot; beyond: refused at once (not cached)
+//! maxReferrers = 128             # OCI referrers of an image looked at (Sigstore bundles)
 //! ```
 //!
 //! Rules are tried in order; the first whose `imageReferences` and `namespaces` match decides.
@@ -90,10 +94,10 @@ use std::time::Duration;
 
 use oci_client::Reference;
 
-use super::cosign::attest;
+use super::cosign::conditions;
 use super::cosign::{
     Authority, CertAuthority, CertIdentity, IdentityMatch, Matcher, PublicKey, RekorKeys,
-    TrustedRoot,
+    RootBuilder, Transparency, TrustedRoot, pem_certificates,
 };
 use super::reference::{Normal, normal_host};
 use crate::config::{ConfigErrors, parse_duration, parse_size};
@@ -128,7 +132,13 @@ pub struct Attestor {
     pub authority: Authority,
     /// When set, the signature must come with a Rekor bundle verified against these keys.
     pub rekor: Option<RekorKeys>,
+    /// For Sigstore bundles: the logs, timestamp authorities, CT logs (and Fulcio CAs) this
+    /// attestor trusts, and how much of that proof a bundle must carry.
+    pub transparency: Transparency,
 }
+
+/// Most RFC 3161 timestamps an attestor may require (`minTimestamps`).
+pub const MAX_MIN_TIMESTAMPS: i64 = 8;
 
 /// One rule of the policy.
 #[derive(Debug)]
@@ -156,7 +166,7 @@ pub struct AttestationRule {
     pub predicate_type: String,
     /// Indexes into the rule's `attestors` whose signature counts.
     pub attestors: Vec<usize>,
-    pub conditions: Vec<attest::Condition>,
+    pub conditions: Vec<conditions::Condition>,
 }
 
 /// Per-registry settings.
@@ -187,6 +197,8 @@ pub struct FetchSettings {
     pub max_signature_size: usize,
     /// Largest attestation layer (a DSSE envelope; SBOMs can be large).
     pub max_attestation_size: usize,
+    /// Most OCI referrers of an image (all pages together) looked at; more is a denial.
+    pub max_referrers: usize,
     /// Bytes one verification may fetch in all (manifests and blobs): bounds the memory a
     /// verification holds, whatever a registry lists.
     pub max_verification_bytes: usize,
@@ -217,6 +229,7 @@ impl Default for FetchSettings {
             max_manifest_size: 4 << 20,
             max_signature_size: 1 << 20,
             max_attestation_size: 16 << 20,
+            max_referrers: 128,
             max_verification_bytes: 20 << 20,
             max_verification_blobs: 128,
             max_concurrent_verifications: 4,
@@ -556,6 +569,9 @@ const ATTESTOR_KEYS: &[&str] = &[
     "certificates",
     "rekorKey",
     "ignoreTlog",
+    "trustedRoot",
+    "timestampAuthorities",
+    "minTimestamps",
 ];
 
 struct Parser<'a> {
@@ -870,6 +886,54 @@ impl Parser<'_> {
                 }
             }
         };
+        let rekor_from_pem = rekor.clone();
+        let mut root = match t.get("trustedRoot") {
+            None => None,
+            Some(_) if kinds[0] == "keyless" => {
+                self.problems.push(format!(
+                    "{at}: for a keyless attestor the trusted root goes inside its table: keyless = {{ ..., trustedRoot = \"...\" }}"
+                ));
+                return None;
+            }
+            Some(v) => Some(self.trusted_root(&at, v)?),
+        };
+        let tsa_chain = match t.get("timestampAuthorities") {
+            None => None,
+            Some(v) => {
+                let s = self.string(&format!("{at}: `timestampAuthorities`"), v)?;
+                let pem = self.read_file(&at, "timestampAuthorities file", &s)?;
+                match pem_certificates(&s, &pem) {
+                    Ok(certs) if !certs.is_empty() => Some(certs),
+                    Ok(_) => {
+                        self.problems.push(format!(
+                            "{at}: `timestampAuthorities` {s}: no CERTIFICATE block found (the TSA's certificate chain, its signing certificate first)"
+                        ));
+                        return None;
+                    }
+                    Err(e) => {
+                        self.problems
+                            .push(format!("{at}: `timestampAuthorities`: {e}"));
+                        return None;
+                    }
+                }
+            }
+        };
+        let min_timestamps = match t.get("minTimestamps") {
+            None => 0,
+            Some(toml::Value::Integer(n)) if (0..=MAX_MIN_TIMESTAMPS).contains(n) => *n as usize,
+            Some(v) => {
+                self.problems.push(format!(
+                    "{at}: `minTimestamps` = {v} is invalid: expected a whole number from 0 to {MAX_MIN_TIMESTAMPS} (how many RFC 3161 timestamps a Sigstore bundle must carry)"
+                ));
+                return None;
+            }
+        };
+        if rekor.is_none() && !ignore_tlog {
+            rekor = root
+                .as_ref()
+                .map(|r| r.rekor_keys().clone())
+                .filter(|k| !k.is_empty());
+        }
         let authority = match kinds[0] {
             "key" | "keyData" => {
                 let pem = match (t.get("key"), t.get("keyData")) {
@@ -892,9 +956,15 @@ impl Parser<'_> {
                 let keyless = kind == "keyless";
                 let key = format!("{at}: `{kind}`");
                 let ct = self.table(&key, &t[kind])?;
-                let (ca, trusted_rekor) = self.cert_authority(&key, &name, ct, keyless)?;
+                let (ca, keyless_root) = self.cert_authority(&key, &name, ct, keyless)?;
                 if rekor.is_none() && !ignore_tlog {
-                    rekor = trusted_rekor.filter(|k| !k.is_empty());
+                    rekor = keyless_root
+                        .as_ref()
+                        .map(|r| r.rekor_keys().clone())
+                        .filter(|k| !k.is_empty());
+                }
+                if keyless_root.is_some() {
+                    root = keyless_root;
                 }
                 if keyless && rekor.is_none() && !ignore_tlog {
                     self.problems.push(format!(
@@ -905,21 +975,123 @@ impl Parser<'_> {
                 Authority::Certificates(ca)
             }
         };
+        let transparency = self.transparency(
+            &at,
+            &authority,
+            kinds[0] == "keyless",
+            root.as_ref(),
+            rekor_from_pem.as_ref(),
+            tsa_chain.as_deref(),
+            rekor.is_some(),
+            min_timestamps,
+        )?;
         Some(Attestor {
             name,
             authority,
             rekor,
+            transparency,
         })
     }
 
-    /// A `keyless` or `certificates` table: the CA (and, from a trustedRoot, Rekor keys).
+    /// A `trustedRoot` file.
+    fn trusted_root(&mut self, at: &str, v: &toml::Value) -> Option<TrustedRoot> {
+        let s = self.string(&format!("{at}.trustedRoot"), v)?;
+        let bytes = self.read_file(at, "trustedRoot file", &s)?;
+        match TrustedRoot::from_json(&s, &bytes) {
+            Ok(tr) => Some(tr),
+            Err(e) => {
+                self.problems.push(format!("{at}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// What an attestor checks a Sigstore bundle's proofs with: its trusted root, plus the
+    /// Rekor keys and TSA chain given as PEM, plus (keyless, from PEM) the Fulcio chain as a
+    /// CA. Certificates of your own PKI are checked by cri-guard's chain code, so their CAs are
+    /// not handed to the bundle verifier.
+    #[allow(clippy::too_many_arguments)]
+    fn transparency(
+        &mut self,
+        at: &str,
+        authority: &Authority,
+        keyless: bool,
+        root: Option<&TrustedRoot>,
+        rekor_pem: Option<&RekorKeys>,
+        tsa_chain: Option<&[Vec<u8>]>,
+        require_tlog: bool,
+        min_timestamps: usize,
+    ) -> Option<Transparency> {
+        let mut builder = match root.map(|r| RootBuilder::from_root(r.sigstore())) {
+            None => RootBuilder::default(),
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                self.problems.push(format!("{at}: {e}"));
+                return None;
+            }
+        };
+        for key in rekor_pem.into_iter().flat_map(RekorKeys::keys) {
+            builder.rekor_key(key.name(), key);
+        }
+        match authority {
+            Authority::Certificates(ca) if root.is_none() && keyless => {
+                let chain: Vec<Vec<u8>> = ca
+                    .intermediates()
+                    .iter()
+                    .chain(ca.roots())
+                    .cloned()
+                    .collect();
+                builder.certificate_authority(&ca.name, &chain);
+            }
+            Authority::Certificates(_) if !keyless => {
+                builder = builder.without_certificate_authorities();
+            }
+            _ => {}
+        }
+        if let Some(chain) = tsa_chain {
+            builder.timestamp_authority(authority.name(), chain);
+        }
+        let material = match builder.build() {
+            Ok(r) => r,
+            Err(e) => {
+                self.problems.push(format!("{at}: {e}"));
+                return None;
+            }
+        };
+        let empty = material.tlogs.is_empty()
+            && material.timestamp_authorities.is_empty()
+            && material.certificate_authorities.is_empty();
+        let transparency = if empty {
+            let mut t = Transparency::none();
+            t.require_tlog = require_tlog;
+            t.min_timestamps = min_timestamps;
+            t
+        } else {
+            match Transparency::new(at, &material, require_tlog, min_timestamps) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problems.push(e);
+                    return None;
+                }
+            }
+        };
+        if min_timestamps > 0 && transparency.timestamp_authorities() == 0 {
+            self.problems.push(format!(
+                "{at}: `minTimestamps` = {min_timestamps} needs timestamp authorities to check them with: set `timestampAuthorities` (the TSA's certificate chain, PEM) or a trustedRoot that lists timestampAuthorities"
+            ));
+            return None;
+        }
+        Some(transparency)
+    }
+
+    /// A `keyless` or `certificates` table: the CA (and the trustedRoot it came from).
     fn cert_authority(
         &mut self,
         at: &str,
         name: &str,
         t: &toml::Table,
         keyless: bool,
-    ) -> Option<(CertAuthority, Option<RekorKeys>)> {
+    ) -> Option<(CertAuthority, Option<TrustedRoot>)> {
         let trust = if keyless {
             "trustedRoot"
         } else {
@@ -1001,9 +1173,7 @@ impl Parser<'_> {
                 identity,
             )
             .map(|ca| (ca, None)),
-            (None, Some(tr)) => tr
-                .cert_authority(name, identity)
-                .map(|ca| (ca, Some(tr.rekor_keys().clone()))),
+            (None, Some(tr)) => tr.cert_authority(name, identity).map(|ca| (ca, Some(tr))),
         };
         match built {
             Ok(x) => Some(x),
@@ -1091,7 +1261,7 @@ impl Parser<'_> {
                 }
                 continue;
             };
-            let predicate_type = attest::predicate_type(&pt).to_string();
+            let predicate_type = conditions::predicate_type(&pt).to_string();
             let mut signers = Vec::new();
             match t.get("attestors") {
                 None => signers.extend(0..attestors.len()),
@@ -1128,7 +1298,7 @@ impl Parser<'_> {
                 None => {}
                 Some(toml::Value::Array(cs)) => {
                     for (j, c) in cs.iter().enumerate() {
-                        match attest::Condition::from_toml(&format!("{aat}.conditions[{j}]"), c) {
+                        match conditions::Condition::from_toml(&format!("{aat}.conditions[{j}]"), c) {
                             Ok(c) => conditions.push(c),
                             Err(e) => self.problems.push(e),
                         }
@@ -1215,6 +1385,7 @@ impl Parser<'_> {
                 "maxManifestSize",
                 "maxSignatureSize",
                 "maxAttestationSize",
+                "maxReferrers",
                 "maxVerificationBytes",
                 "maxVerificationBlobs",
                 "maxConcurrentVerifications",
@@ -1275,6 +1446,16 @@ impl Parser<'_> {
                 t.get("maxAttestationSize"),
                 d.max_attestation_size,
             ),
+            max_referrers: match t.get("maxReferrers") {
+                None => d.max_referrers,
+                Some(toml::Value::Integer(n)) if (1..=4096).contains(n) => *n as usize,
+                Some(v) => {
+                    self.problems.push(format!(
+                        "`fetch.maxReferrers` = {v} is invalid: expected 1 to 4096"
+                    ));
+                    d.max_referrers
+                }
+            },
         }
     }
 
@@ -1643,6 +1824,105 @@ rekorKey = "rekor.pub"
             all.contains("(contradiction): `rekorKey` and `ignoreTlog = true`"),
             "{all}"
         );
+    }
+
+    /// Proof knobs for Sigstore bundles: an attestor-level trustedRoot gives Rekor logs
+    /// (required unless ignoreTlog) and TSAs; `timestampAuthorities` adds a TSA chain;
+    /// `minTimestamps` needs TSAs and a small whole number; a keyless trusted root belongs in
+    /// its table. Every misuse is named.
+    #[test]
+    fn bundle_proof_knobs() {
+        use crate::verify::cosign::trust::certificates::tests::{Spec, make};
+        let dir = tempfile::tempdir().unwrap();
+        let key = PublicKey::from_pem("rekor", KEY.as_bytes()).unwrap();
+        let mut root = RootBuilder::default();
+        root.rekor_key("rekor", &key);
+        let root = serde_json::to_string(&root.build().unwrap()).unwrap();
+        std::fs::write(dir.path().join("root.json"), root).unwrap();
+        let tsa = make(&Spec::ca("tsa"), None);
+        std::fs::write(dir.path().join("tsa.pem"), tsa.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "no certificates here\n").unwrap();
+        let policy = |attestors: &str| {
+            Policy::parse(
+                "p.toml",
+                &format!("[[rules]]\nname = \"r\"\nimageReferences = [\"a/*\"]\n{attestors}"),
+                dir.path(),
+            )
+        };
+        let ok = policy(&format!(
+            r#"
+[[rules.attestors]]
+name = "logged"
+keyData = """{KEY}"""
+trustedRoot = "root.json"
+[[rules.attestors]]
+name = "stamped"
+keyData = """{KEY}"""
+trustedRoot = "root.json"
+ignoreTlog = true
+timestampAuthorities = "tsa.pem"
+minTimestamps = 2
+[[rules.attestors]]
+name = "bare"
+keyData = """{KEY}"""
+"#
+        ))
+        .unwrap();
+        let a = &ok.rules[0].attestors;
+        assert!(a[0].rekor.is_some());
+        assert!(a[0].transparency.require_tlog && a[0].transparency.logs() == 1);
+        assert!(a[1].rekor.is_none() && !a[1].transparency.require_tlog);
+        assert_eq!(a[1].transparency.timestamp_authorities(), 1);
+        assert_eq!(a[1].transparency.min_timestamps, 2);
+        assert!(!a[2].transparency.can_check_evidence() && !a[2].transparency.require_tlog);
+
+        let e = policy(&format!(
+            r#"
+[[rules.attestors]]
+name = "no-tsa"
+keyData = """{KEY}"""
+minTimestamps = 1
+[[rules.attestors]]
+name = "too-many"
+keyData = """{KEY}"""
+minTimestamps = 9
+[[rules.attestors]]
+name = "word"
+keyData = """{KEY}"""
+minTimestamps = "one"
+[[rules.attestors]]
+name = "empty-tsa"
+keyData = """{KEY}"""
+timestampAuthorities = "empty.pem"
+[[rules.attestors]]
+name = "keyless-root"
+keyless = {{ subject = "a@b", issuer = "https://i", roots = "tsa.pem" }}
+trustedRoot = "root.json"
+"#
+        ))
+        .unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            all.contains("(no-tsa): `minTimestamps` = 1 needs timestamp authorities"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(too-many): `minTimestamps` = 9 is invalid"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(word): `minTimestamps` = \"one\" is invalid"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(empty-tsa): `timestampAuthorities` empty.pem: no CERTIFICATE block"),
+            "{all}"
+        );
+        assert!(
+            all.contains("(keyless-root): for a keyless attestor the trusted root goes inside"),
+            "{all}"
+        );
+        assert_eq!(e.problems.len(), 5, "{all}");
     }
 
     /// Attestation requirements: cosign's type names expand, attestors are named from the

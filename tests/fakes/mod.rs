@@ -4,15 +4,18 @@
 
 #![allow(dead_code)]
 
+pub mod gate;
+
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cri_guard::config::Config;
 use cri_guard::cri;
-use cri_guard::proxy::{Guard, Proxy};
+use cri_guard::proxy::{Guard, Proxy, Stats};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +25,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    /// The request's `:authority`, if it had one.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -61,6 +66,8 @@ type Handler = Arc<dyn Fn(&str, &Bytes) -> Reply + Send + Sync>;
 pub struct RawUpstream {
     pub path: PathBuf,
     pub recorded: Arc<Mutex<Vec<Recorded>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    pub in_flight: Arc<(AtomicUsize, AtomicUsize)>,
     task: JoinHandle<()>,
 }
 
@@ -72,17 +79,24 @@ impl RawUpstream {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).expect("bind fake upstream");
         let recorded = Arc::new(Mutex::new(Vec::new()));
+        let in_flight: Arc<(AtomicUsize, AtomicUsize)> = Default::default();
         let handler: Handler = Arc::new(handler);
-        let rec = recorded.clone();
+        let (rec, count) = (recorded.clone(), in_flight.clone());
         let task = tokio::spawn(async move {
             while let Ok((io, _)) = listener.accept().await {
-                let (rec, handler) = (rec.clone(), handler.clone());
+                let (rec, handler, count) = (rec.clone(), handler.clone(), count.clone());
                 tokio::spawn(async move {
                     let Ok(mut conn) = h2::server::handshake(io).await else {
                         return;
                     };
                     while let Some(Ok((req, respond))) = conn.accept().await {
-                        tokio::spawn(answer(req, respond, rec.clone(), handler.clone()));
+                        let (rec, handler, count) = (rec.clone(), handler.clone(), count.clone());
+                        tokio::spawn(async move {
+                            let now = count.0.fetch_add(1, Ordering::SeqCst) + 1;
+                            count.1.fetch_max(now, Ordering::SeqCst);
+                            answer(req, respond, rec, handler).await;
+                            count.0.fetch_sub(1, Ordering::SeqCst);
+                        });
                     }
                 });
             }
@@ -90,12 +104,18 @@ impl RawUpstream {
         RawUpstream {
             path: path.to_path_buf(),
             recorded,
+            in_flight,
             task,
         }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.recorded.lock().unwrap().clone()
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
     }
 }
 
@@ -121,6 +141,7 @@ async fn answer(
     let path = parts.uri.path().to_string();
     rec.lock().unwrap().push(Recorded {
         path: path.clone(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
@@ -262,6 +283,7 @@ impl EventsUpstream {
 /// An in-process proxy; dropping `stop` (or sending on it) starts its shutdown.
 pub struct TestProxy {
     pub path: PathBuf,
+    pub stats: Arc<Stats>,
     pub stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<()>,
 }
@@ -279,12 +301,14 @@ impl TestProxy {
 
     pub fn start_with(cfg: &Config, guard: Arc<dyn Guard>) -> TestProxy {
         let proxy = Proxy::bind(cfg, guard).expect("bind proxy");
+        let stats = proxy.stats();
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy.run(async move {
             let _ = rx.await;
         }));
         TestProxy {
             path: cfg.listen.clone(),
+            stats,
             stop: Some(stop),
             task,
         }

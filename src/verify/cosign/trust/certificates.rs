@@ -40,7 +40,8 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
 use x509_cert::name::Name;
 
-use super::{Failure, PublicKey, shown};
+use super::keys::PublicKey;
+use crate::verify::cosign::{Failure, shown};
 
 /// Fulcio's OIDC issuer extension, v1: the extension value is the issuer URL's bytes.
 pub const OID_FULCIO_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
@@ -425,6 +426,20 @@ impl CertAuthority {
             .map_err(|reason| Failure::Certificate { reason })
     }
 
+    /// Checks only the identity of a leaf certificate (DER): its SANs and issuer extension
+    /// against [`CertAuthority::identity`], for certificates whose chain was verified
+    /// elsewhere (a Sigstore bundle's Fulcio certificate, by sigstore-verify).
+    pub fn check_identity(&self, leaf_der: &[u8]) -> Result<LeafSummary, Failure> {
+        let leaf = Certificate::from_der(leaf_der).map_err(|e| Failure::Certificate {
+            reason: format!(
+                "the signing certificate is not a valid DER X.509 certificate ({})",
+                shown(&e.to_string())
+            ),
+        })?;
+        self.identity_of(&leaf)
+            .map_err(|reason| Failure::Certificate { reason })
+    }
+
     fn check(
         &self,
         leaf_der: &[u8],
@@ -461,7 +476,7 @@ impl CertAuthority {
         self.build_path(leaf_der, chain, at)
             .map_err(|e| self.diagnose(&leaf, &pool, at, &e))?;
 
-        let summary = self.check_identity(&leaf)?;
+        let summary = self.identity_of(&leaf)?;
         let key = leaf_public_key(&self.name, &leaf)?;
         Ok((key, summary))
     }
@@ -595,7 +610,7 @@ impl CertAuthority {
     }
 
     /// The subject and issuer matchers; returns what the leaf says.
-    fn check_identity(&self, leaf: &Certificate) -> Result<LeafSummary, String> {
+    fn identity_of(&self, leaf: &Certificate) -> Result<LeafSummary, String> {
         let raw_subjects = subject_alt_names(leaf)?;
         let raw_issuer = fulcio_issuer(leaf)?;
         let summary = LeafSummary {
@@ -666,7 +681,7 @@ fn issuer_matcher_text(m: &Matcher) -> String {
 }
 
 /// The public key of a signing certificate (DER), named after the attestor.
-pub(super) fn leaf_public_key_der(attestor: &str, leaf: &[u8]) -> Result<PublicKey, Failure> {
+pub(crate) fn leaf_public_key_der(attestor: &str, leaf: &[u8]) -> Result<PublicKey, Failure> {
     let cert = Certificate::from_der(leaf).map_err(|e| Failure::Certificate {
         reason: format!(
             "the signing certificate is not a valid DER X.509 certificate ({})",
@@ -1099,8 +1114,8 @@ pub(crate) mod tests {
     //! breaks just that rule.
 
     use super::*;
-    use crate::verify::cosign::keys::pem_blocks;
-    use crate::verify::cosign::keys::tests::signer;
+    use crate::verify::cosign::trust::keys::pem_blocks;
+    use crate::verify::cosign::trust::keys::tests::signer;
     use sigstore::crypto::{SigStoreSigner, SigningScheme};
 
     /// The verification time most tests use (2023-11-14T22:13:20Z).

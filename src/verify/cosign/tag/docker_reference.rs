@@ -9,7 +9,8 @@
 
 use oci_client::Reference;
 
-use super::{Expected, Failure, shown};
+use super::signature::{Expected, Failure};
+use crate::verify::cosign::shown;
 
 /// How the payload's docker-reference must relate to the image (like containers-policy.json's
 /// `signedIdentity`). Names are compared normalized: `registry/repository`, e.g.

@@ -1,4 +1,5 @@
-//! Offline check of the legacy Rekor bundle annotation (`dev.sigstore.cosign/bundle`).
+//! Offline check of the legacy Rekor bundle annotation (`dev.sigstore.cosign/bundle`) of a
+//! tag-based signature or attestation layer.
 //!
 //! A bundle is `{"SignedEntryTimestamp", "Payload": {"body", "integratedTime", "logIndex",
 //! "logID"}}`. Two things must hold, and sigstore 0.15 checks only the first (and keeps even
@@ -13,95 +14,32 @@
 //!    bundle copied from another entry passes (vector NEG-bundle-from-other-entry), and for
 //!    certificates its integrated time, which decides whether the certificate was valid,
 //!    could be borrowed from another entry.
-
-use std::collections::BTreeMap;
+//!
+//! Entry kinds: `hashedrekord` 0.0.1 and `rekord` 0.0.1 for signatures (`check_bundle`);
+//! for attestations (`bind_entry`; all three are checked against the envelope, a valid SET
+//! over somebody else's entry proves nothing):
+//! - `intoto` 0.0.1: `spec.content.hash` = sha256 of the envelope bytes as uploaded,
+//!   `spec.content.payloadHash` = sha256 of the decoded payload, `spec.publicKey` =
+//!   base64(PEM key or certificate). No signature: the envelope hash covers it.
+//! - `intoto` 0.0.2: the same two hashes, `spec.content.envelope.payloadType`, and
+//!   `spec.content.envelope.signatures[] {keyid?, sig, publicKey}` where `sig` is base64 of
+//!   the envelope's *base64 text* of the signature (encoded twice) and `publicKey` base64(PEM).
+//! - `dsse` 0.0.1: `spec.envelopeHash`, `spec.payloadHash`, `spec.signatures[] {signature,
+//!   verifier}` with `signature` the envelope's base64 signature and `verifier` base64(PEM).
+//!
+//! The envelope hash is over the bytes the client uploaded. A legacy layer holds exactly those
+//! bytes; the hash is also accepted over cosign's Go serialization
+//! `{"payloadType":..,"payload":..,"signatures":[{"keyid":"","sig":..}]}`.
 
 use base64::Engine as _;
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use super::keys::{KeyError, PublicKey, parse_pem_keys, pem_blocks};
-use super::{Failure, decode_base64, shown};
-
-/// Rekor public keys for checking legacy `dev.sigstore.cosign/bundle` annotations offline,
-/// indexed by logID = hex(sha256(DER SubjectPublicKeyInfo)).
-#[derive(Debug, Clone, Default)]
-pub struct RekorKeys {
-    by_log_id: BTreeMap<String, PublicKey>,
-}
-
-impl RekorKeys {
-    /// Loads Rekor keys from PEM texts; a PEM may hold several `PUBLIC KEY` blocks (e.g. the
-    /// keys of several log shards). Messages call them `Rekor key`, `Rekor key #2`, ...; use
-    /// [`RekorKeys::from_named_pems`] to name them. An empty set is allowed: every bundle then
-    /// fails as "not a trusted log", which is fail-closed.
-    pub fn from_pems<P: AsRef<[u8]>>(
-        pems: impl IntoIterator<Item = P>,
-    ) -> Result<RekorKeys, KeyError> {
-        let mut keys = RekorKeys::default();
-        for (i, pem) in pems.into_iter().enumerate() {
-            let name = match i {
-                0 => "Rekor key".to_owned(),
-                _ => format!("Rekor key #{}", i + 1),
-            };
-            keys.add(&name, pem.as_ref())?;
-        }
-        Ok(keys)
-    }
-
-    /// Like [`RekorKeys::from_pems`], with the operator's name for each PEM.
-    pub fn from_named_pems<'a>(
-        pems: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<RekorKeys, KeyError> {
-        let mut keys = RekorKeys::default();
-        for (name, pem) in pems {
-            keys.add(name, pem)?;
-        }
-        Ok(keys)
-    }
-
-    /// From DER SubjectPublicKeyInfos with the operator's name for each (e.g. the `tlogs` of a
-    /// sigstore trusted root).
-    pub fn from_spki_ders<'a>(
-        ders: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<RekorKeys, KeyError> {
-        let mut keys = RekorKeys::default();
-        for (name, der) in ders {
-            let key = PublicKey::from_spki_der(name, der)?;
-            keys.by_log_id
-                .insert(hex(&Sha256::digest(key.spki_der())), key);
-        }
-        Ok(keys)
-    }
-
-    fn add(&mut self, name: &str, pem: &[u8]) -> Result<(), KeyError> {
-        for key in parse_pem_keys(name, pem)? {
-            self.by_log_id
-                .insert(hex(&Sha256::digest(key.spki_der())), key);
-        }
-        Ok(())
-    }
-
-    /// The logIDs (lowercase hex) of the loaded keys.
-    pub fn log_ids(&self) -> impl Iterator<Item = &str> {
-        self.by_log_id.keys().map(String::as_str)
-    }
-
-    /// The key of the log with this logID (lowercase hex), e.g. to check its checkpoints.
-    pub(crate) fn key(&self, log_id: &str) -> Option<&PublicKey> {
-        self.by_log_id.get(log_id)
-    }
-
-    /// How many keys are loaded.
-    pub fn len(&self) -> usize {
-        self.by_log_id.len()
-    }
-
-    /// Whether no key is loaded.
-    pub fn is_empty(&self) -> bool {
-        self.by_log_id.is_empty()
-    }
-}
+use super::Failure;
+use crate::verify::cosign::intoto::{AttestationFailure, Envelope, EnvelopeSignature, dsse_base64};
+use crate::verify::cosign::trust::keys::pem_blocks;
+use crate::verify::cosign::{PublicKey, RekorKeys, decode_base64, hex, shown};
 
 #[derive(Deserialize)]
 struct Bundle {
@@ -201,32 +139,9 @@ pub(crate) fn verify_set(raw: &str, rekor: &RekorKeys) -> Result<Entry, Failure>
     verify_set_parts(&bundle.payload, &bundle.set, rekor)
 }
 
-/// Verifies a SET: the signature `set_b64`, by the Rekor key whose logID (lowercase hex) is
-/// `log_id`, over the canonical JSON of `{body, integratedTime, logID, logIndex}`. `body_b64`
-/// is the entry body as the log returned it (base64). This is the whole SET check for both
-/// the legacy bundle annotation and a sigstore bundle's `inclusionPromise` (whose logID is the
-/// hex of `logId.keyId`).
-pub(crate) fn verify_set_fields(
-    body_b64: &str,
-    integrated_time: i64,
-    log_index: i64,
-    log_id: &str,
-    set_b64: &str,
-    rekor: &RekorKeys,
-) -> Result<Entry, Failure> {
-    let payload = BundlePayload {
-        body: body_b64.to_owned(),
-        integrated_time,
-        log_index,
-        log_id: log_id.to_owned(),
-    };
-    verify_set_parts(&payload, set_b64, rekor)
-}
-
 fn verify_set_parts(p: &BundlePayload, set_b64: &str, rekor: &RekorKeys) -> Result<Entry, Failure> {
     let log_key = rekor
-        .by_log_id
-        .get(&p.log_id)
+        .by_log_id(&p.log_id)
         .ok_or_else(|| Failure::UntrustedLog {
             log_id: shown(&p.log_id),
         })?;
@@ -330,21 +245,234 @@ impl EntrySigner<'_> {
     }
 }
 
-/// Lowercase hex.
-pub(super) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+// Rekor entry bodies of attestations
+
+#[derive(Deserialize)]
+struct RekorBody {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    spec: Value,
+}
+
+#[derive(Deserialize)]
+struct HashSpec {
+    algorithm: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct IntotoV001 {
+    content: IntotoContent,
+    #[serde(rename = "publicKey")]
+    public_key: String,
+}
+
+#[derive(Deserialize)]
+struct IntotoContent {
+    hash: Option<HashSpec>,
+    #[serde(rename = "payloadHash")]
+    payload_hash: Option<HashSpec>,
+}
+
+#[derive(Deserialize)]
+struct IntotoV002 {
+    content: IntotoV002Content,
+}
+
+#[derive(Deserialize)]
+struct IntotoV002Content {
+    envelope: IntotoV002Envelope,
+    hash: Option<HashSpec>,
+    #[serde(rename = "payloadHash")]
+    payload_hash: Option<HashSpec>,
+}
+
+#[derive(Deserialize)]
+struct IntotoV002Envelope {
+    #[serde(rename = "payloadType")]
+    payload_type: String,
+    signatures: Vec<IntotoV002Signature>,
+}
+
+#[derive(Deserialize)]
+struct IntotoV002Signature {
+    sig: String,
+    #[serde(rename = "publicKey")]
+    public_key: String,
+}
+
+#[derive(Deserialize)]
+struct DsseV001 {
+    #[serde(rename = "envelopeHash")]
+    envelope_hash: Option<HashSpec>,
+    #[serde(rename = "payloadHash")]
+    payload_hash: Option<HashSpec>,
+    signatures: Vec<DsseV001Signature>,
+}
+
+#[derive(Deserialize)]
+struct DsseV001Signature {
+    signature: String,
+    verifier: String,
+}
+
+fn rekor_malformed(reason: String) -> AttestationFailure {
+    Failure::BundleMalformed { reason }.into()
+}
+
+fn parse_body(body: &[u8]) -> Result<RekorBody, AttestationFailure> {
+    serde_json::from_slice(body).map_err(|e| {
+        rekor_malformed(format!(
+            "entry body is not a Rekor entry: {}",
+            shown(&e.to_string())
+        ))
+    })
+}
+
+fn parse_spec<T: serde::de::DeserializeOwned>(body: &RekorBody) -> Result<T, AttestationFailure> {
+    T::deserialize(&body.spec).map_err(|e| {
+        rekor_malformed(format!(
+            "{} {} entry: {}",
+            shown(&body.kind),
+            shown(&body.api_version),
+            shown(&e.to_string())
+        ))
+    })
+}
+
+fn hash_is(spec: Option<&HashSpec>, candidates: &[[u8; 32]]) -> bool {
+    spec.is_some_and(|h| {
+        h.algorithm == "sha256"
+            && candidates
+                .iter()
+                .any(|c| h.value.eq_ignore_ascii_case(&hex(c)))
+    })
+}
+
+/// Whether `b64_pem` (base64 of a PEM, as Rekor stores keys) is `signer`: the same
+/// SubjectPublicKeyInfo for a key, the same certificate for a certificate.
+fn named_by(signer: EntrySigner<'_>, b64_pem: &str) -> bool {
+    decode_base64(b64_pem).is_some_and(|pem| signer.is_named_by_pem(&pem))
+}
+
+/// Checks that a Rekor entry body (whose SET verified) is about this envelope, its verifying
+/// signature `sig` and `signer`. `raw` is the envelope as uploaded, when known (legacy layer).
+pub(super) fn bind_entry(
+    body: &[u8],
+    log_index: i64,
+    envelope: &Envelope,
+    raw: Option<&[u8]>,
+    sig: &EnvelopeSignature,
+    signer: EntrySigner<'_>,
+) -> Result<(), AttestationFailure> {
+    let body = parse_body(body)?;
+    let mismatch = |what: &'static str| -> AttestationFailure {
+        Failure::BundleMismatch { what, log_index }.into()
+    };
+    let mut envelope_hashes: Vec<[u8; 32]> =
+        raw.map(|r| Sha256::digest(r).into()).into_iter().collect();
+    envelope_hashes.push(Sha256::digest(envelope.go_json(true)).into());
+    envelope_hashes.push(Sha256::digest(envelope.go_json(false)).into());
+    let payload_hash: [[u8; 32]; 1] = [Sha256::digest(&envelope.payload).into()];
+
+    match (body.kind.as_str(), body.api_version.as_str()) {
+        ("intoto", "0.0.1") => {
+            let spec: IntotoV001 = parse_spec(&body)?;
+            if !hash_is(spec.content.hash.as_ref(), &envelope_hashes) {
+                return Err(mismatch("envelope hash"));
+            }
+            if !hash_is(spec.content.payload_hash.as_ref(), &payload_hash) {
+                return Err(mismatch("payload hash"));
+            }
+            if !named_by(signer, &spec.public_key) {
+                return Err(mismatch(signer.what()));
+            }
+        }
+        ("intoto", "0.0.2") => {
+            let spec: IntotoV002 = parse_spec(&body)?;
+            let content = spec.content;
+            if !hash_is(content.hash.as_ref(), &envelope_hashes) {
+                return Err(mismatch("envelope hash"));
+            }
+            if !hash_is(content.payload_hash.as_ref(), &payload_hash) {
+                return Err(mismatch("payload hash"));
+            }
+            if content.envelope.payload_type != envelope.payload_type {
+                return Err(mismatch("payload type"));
+            }
+            // `sig` is base64 of the envelope's base64 text; accept it encoded once too.
+            let same_sig = |s: &IntotoV002Signature| {
+                decode_base64(&s.sig).is_some_and(|once| {
+                    once == sig.sig
+                        || std::str::from_utf8(&once)
+                            .ok()
+                            .and_then(dsse_base64)
+                            .is_some_and(|twice| twice == sig.sig)
+                })
+            };
+            check_signatures(
+                content.envelope.signatures.iter(),
+                same_sig,
+                |s| named_by(signer, &s.public_key),
+                signer,
+                mismatch,
+            )?;
+        }
+        ("dsse", "0.0.1") => {
+            let spec: DsseV001 = parse_spec(&body)?;
+            if !hash_is(spec.envelope_hash.as_ref(), &envelope_hashes) {
+                return Err(mismatch("envelope hash"));
+            }
+            if !hash_is(spec.payload_hash.as_ref(), &payload_hash) {
+                return Err(mismatch("payload hash"));
+            }
+            check_signatures(
+                spec.signatures.iter(),
+                |s| decode_base64(&s.signature).is_some_and(|d| d == sig.sig),
+                |s| named_by(signer, &s.verifier),
+                signer,
+                mismatch,
+            )?;
+        }
+        _ => {
+            return Err(AttestationFailure::UnsupportedEntry {
+                kind: shown(&body.kind),
+                version: shown(&body.api_version),
+            });
+        }
     }
-    s
+    Ok(())
+}
+
+/// Some entry signature must be ours, and name our signer.
+fn check_signatures<'s, S: 's>(
+    signatures: impl Iterator<Item = &'s S>,
+    same_sig: impl Fn(&S) -> bool,
+    same_signer: impl Fn(&S) -> bool,
+    signer: EntrySigner<'_>,
+    mismatch: impl Fn(&'static str) -> AttestationFailure,
+) -> Result<(), AttestationFailure> {
+    let mut sig_found = false;
+    for s in signatures {
+        if same_sig(s) {
+            if same_signer(s) {
+                return Ok(());
+            }
+            sig_found = true;
+        }
+    }
+    Err(mismatch(if sig_found {
+        signer.what()
+    } else {
+        "signature"
+    }))
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::verify::cosign::keys::tests::signer;
+    use crate::verify::cosign::trust::keys::tests::signer;
     use sigstore::crypto::SigningScheme;
 
     /// A Rekor log made up for tests: signs bundles the way rekor.sigstore.dev does.
@@ -505,26 +633,5 @@ pub(crate) mod tests {
         .to_string();
         let err = check_bundle(&raw, b"p", b"s", EntrySigner::Key(&key), &log.keys()).unwrap_err();
         assert!(matches!(err, Failure::BundleMalformed { .. }), "{err}");
-    }
-
-    /// logIDs are hex sha256 of the key's DER, and several keys per PEM are all loaded.
-    #[test]
-    fn log_ids() {
-        let a = FakeLog::new();
-        let b = FakeLog::new();
-        let both = format!("{}{}", a.pem, b.pem);
-        let keys = RekorKeys::from_named_pems([("shards", both.as_bytes())]).unwrap();
-        assert_eq!(keys.len(), 2);
-        assert!(keys.log_ids().any(|id| id == a.log_id()));
-        assert!(keys.log_ids().all(|id| id.len() == 64));
-        assert!(RekorKeys::from_pems::<&[u8]>([]).unwrap().is_empty());
-        // The unnamed form, as a config loader calls it.
-        let one = RekorKeys::from_pems([a.pem.as_bytes()]).unwrap();
-        assert_eq!(one.log_ids().collect::<Vec<_>>(), [a.log_id().as_str()]);
-        let err = RekorKeys::from_pems([&b"junk"[..]]).unwrap_err();
-        assert!(
-            err.to_string().starts_with("key Rekor key: not a PEM"),
-            "{err}"
-        );
     }
 }
