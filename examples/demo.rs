@@ -383,7 +383,7 @@ async fn main() {
         (
             &app,
             true,
-            " [new format: needs Sigstore bundle verification]",
+            " (Sigstore bundle)",
         ),
         (&legacy, true, ""),
         (&unsigned, false, ""),
@@ -470,7 +470,7 @@ async fn main() {
         (
             &app,
             true,
-            " [new format: needs Sigstore bundle verification]",
+            " (Sigstore bundle)",
         ),
         (&legacy, true, ""),
         (&nosbom, false, ""),
@@ -647,7 +647,7 @@ async fn main() {
     );
     demo.check(
         line_for(&app).contains(" pass "),
-        "demo/app passes (new-format signature and SBOM) [needs Sigstore bundle verification]",
+        "demo/app passes (Sigstore bundle signature and SBOM attestation)",
     );
     demo.check(
         line_for(&unsigned).contains(" FAIL ") && line_for(&nosbom).contains(" FAIL "),
@@ -752,7 +752,7 @@ async fn main() {
             demo.check(
                 false,
                 format!(
-                    "PullImage {app} -> {:?}: {} [the new format needs Sigstore bundle verification]",
+                    "PullImage {app} -> {:?}: {}",
                     e.code(),
                     e.message()
                 ),
