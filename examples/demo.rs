@@ -380,11 +380,7 @@ async fn main() {
             .join("\n")
     );
     for (image, allowed, note) in [
-        (
-            &app,
-            true,
-            " (Sigstore bundle)",
-        ),
+        (&app, true, " (Sigstore bundle)"),
         (&legacy, true, ""),
         (&unsigned, false, ""),
     ] {
@@ -467,11 +463,7 @@ async fn main() {
     demo.note("policy.toml: policy-signed.toml plus, for demo/*, a signed SPDX SBOM:");
     demo.note("  [[rules.attestations]]  predicateType = \"spdxjson\"");
     for (image, allowed, note) in [
-        (
-            &app,
-            true,
-            " (Sigstore bundle)",
-        ),
+        (&app, true, " (Sigstore bundle)"),
         (&legacy, true, ""),
         (&nosbom, false, ""),
     ] {
@@ -751,11 +743,7 @@ async fn main() {
         Err(e) => {
             demo.check(
                 false,
-                format!(
-                    "PullImage {app} -> {:?}: {}",
-                    e.code(),
-                    e.message()
-                ),
+                format!("PullImage {app} -> {:?}: {}", e.code(), e.message()),
             );
         }
     }

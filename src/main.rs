@@ -279,6 +279,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 Box::new(move || v.cache_entries() as u64) as Box<dyn Fn() -> u64 + Send + Sync>
             }),
         });
+        let signals = install_shutdown_signals();
         let proxy = match Proxy::bind(&cfg, guard) {
             Ok(p) => p,
             Err(e) => {
@@ -339,7 +340,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 tokio::spawn(sighup_without_policy());
             }
         }
-        proxy.run(shutdown_signal(notifier)).await;
+        proxy.run(shutdown_signal(signals, notifier)).await;
         ExitCode::SUCCESS
     })
 }
@@ -600,21 +601,34 @@ fn init_tracing(cfg: &Config) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
-async fn shutdown_signal(notifier: Arc<Notifier>) {
+/// SIGTERM and SIGINT, registered before the socket is bound: a signal that arrives the moment
+/// the socket accepts must stop the proxy gracefully, not end the process by its default action.
+fn install_shutdown_signals() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>
+{
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
+async fn shutdown_signal(
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    notifier: Arc<Notifier>,
+) {
+    match signals {
+        Some((mut term, mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
             notifier.stopping();
         }
-        _ => {
+        None => {
             tracing::error!("cannot install signal handlers; stop cri-guard with SIGKILL");
             std::future::pending::<()>().await
         }

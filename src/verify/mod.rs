@@ -1627,3 +1627,57 @@ impl Verifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Denials are classed by where they arise: a registry failure keeps its class whatever
+    /// stage it came from; in the signature stage, nothing found is `unsigned` and anything else
+    /// `bad_signature`; in the attestation stage, `attestation`.
+    #[test]
+    fn denial_classes() {
+        let sig = |reason: &str| {
+            Denial::new(reason)
+                .in_stage(ReasonClass::BadSignature)
+                .class
+        };
+        assert_eq!(
+            sig("no signature found (nothing at r/x:sha256-a.sig)"),
+            ReasonClass::Unsigned
+        );
+        assert_eq!(
+            sig("no cosign signature layer at r/x"),
+            ReasonClass::Unsigned
+        );
+        assert_eq!(
+            sig("no valid signature: wrong key"),
+            ReasonClass::BadSignature
+        );
+        assert_eq!(
+            sig("signed by 1 of the 2 required attestors"),
+            ReasonClass::BadSignature
+        );
+        let down = RegistryError::Unreachable {
+            url: "http://r/v2/".into(),
+            reason: "refused".into(),
+        };
+        let d = Denial::registry(&down, "cannot fetch").in_stage(ReasonClass::Attestation);
+        assert_eq!(d.class, ReasonClass::RegistryUnavailable);
+        let bad = RegistryError::Status {
+            url: "http://r/v2/".into(),
+            status: 403,
+        };
+        assert_eq!(
+            Denial::registry(&bad, "x").class,
+            ReasonClass::RegistryError
+        );
+        assert_eq!(
+            Denial::new("missing attestation x")
+                .in_stage(ReasonClass::Attestation)
+                .class,
+            ReasonClass::Attestation
+        );
+        assert_eq!(no_rule("ns", Mode::Enforce).class, ReasonClass::NoRule);
+    }
+}
