@@ -358,9 +358,9 @@ async fn main() {
     }
     let sign_policy = dir.join("policy-signed.toml");
     let header = format!(
-        "default = \"enforce\"\nhostsDir = \"{}\"\n\n[[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n",
+        "default = \"enforce\"\nhostsDir = \"{}\"\n\n[sandbox]\nimage = \"{pause}\"\n\n[[rules]]\nname = \"pause\"\nimageReferences = [\"{pause}\"]\nmode = \"skip\"\n",
         bed.containerd.certs_dir().display(),
-        bed.pause_image
+        pause = bed.pause_image
     );
     std::fs::write(
         &sign_policy,

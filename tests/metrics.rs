@@ -196,6 +196,7 @@ async fn metrics_and_decision_log_follow_real_calls() {
     let policy_text = |extra: &str| {
         format!(
             "default = \"enforce\"\nhostsDir = \"{}\"\n\
+             [sandbox]\nimage = \"{pause}\"\n\
              [registries.\"127.0.0.1:9\"]\ninsecure = true\n\
              [[rules]]\nname = \"pause\"\nimageReferences = [\"{}\"]\nmode = \"skip\"\n\
              [[rules]]\nname = \"audit-team\"\nimageReferences = [\"{reg}/audit/*\"]\nmode = \"audit\"\n\
@@ -206,7 +207,8 @@ async fn metrics_and_decision_log_follow_real_calls() {
              [[rules.attestors]]\nname = \"release\"\nkey = \"{k}\"\n{extra}",
             bed.containerd.certs_dir().display(),
             bed.pause_image,
-            k = key_path.display()
+            k = key_path.display(),
+            pause = bed.pause_image
         )
     };
     let policy = bed.dir.path().join("policy.toml");
