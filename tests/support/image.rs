@@ -154,7 +154,13 @@ pub fn layout_tag(variant: Option<&str>) -> String {
 /// An OCI archive (for `ctr image import`) holding only the layout tag of `variant` (made on
 /// first use): an image no registry has, e.g. one built or imported on the node.
 pub fn archive(variant: &str, dest: &Path) -> PathBuf {
-    let tag = layout_tag(Some(variant));
+    archive_of_tag(&layout_tag(Some(variant)), dest)
+}
+
+/// An OCI archive holding only layout tag `tag` (`base`, `pause`, `v<hex>`). Its index is
+/// read under the layout's lock, so a variant being added at the same time cannot tear it.
+pub fn archive_of_tag(tag: &str, dest: &Path) -> PathBuf {
+    let tag = tag.to_string();
     let l = layout();
     let index = {
         let _guard = l.tags.lock().unwrap_or_else(|e| e.into_inner());
