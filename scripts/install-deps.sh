@@ -20,6 +20,9 @@
 #                                  referrers API), built offline from sid's
 #                                  golang-github-google-go-containerregistry-dev with
 #                                  bookworm-backports' Go 1.23 (extracted under the prefix too)
+# - bin/promtool                   from bookworm's prometheus .deb, extracted (only promtool is
+#                                  kept; the server is never installed or started): checks the
+#                                  alert rules in deploy/ and lints the /metrics exposition
 # - VERSIONS                       the exact package versions in use
 # Packages from other suites come through a private apt configuration under the prefix (its own
 # sources, lists, cache and status), so the system's apt sources and package state stay as they are.
@@ -35,6 +38,7 @@ CRANE_DEB="crane=0.20.7+ds1-5"                                              # si
 GGCR_DEV_DEB="golang-github-google-go-containerregistry-dev=0.20.7+ds1-5"   # sid
 CONTAINERD2_DEB="containerd=2.1.9+ds1-5"                                    # sid
 GO_DEBS="golang-1.23-go=1.23.5-1~bpo12+1 golang-1.23-src=1.23.5-1~bpo12+1"  # bookworm-backports
+PROMETHEUS_DEB="prometheus=2.42.0+ds-5+deb12u1"                             # bookworm
 
 log() { printf '[install-deps %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -199,11 +203,36 @@ if ! stamp_ok refreg "$REFREG_KEY"; then
   stamp_set refreg "$REFREG_KEY"
 fi
 
+# promtool: from the system's own suite (bookworm), downloaded with the system's apt and
+# extracted; the package itself is not installed (it would start a Prometheus server).
+if ! stamp_ok promtool "$PROMETHEUS_DEB"; then
+  log "promtool: $PROMETHEUS_DEB (bookworm)"
+  name=${PROMETHEUS_DEB%%=*}
+  if ! (cd "$PREFIX/debs" && apt-get download -qq "$PROMETHEUS_DEB" >&2 2>/dev/null); then
+    apt-get update -qq
+    (cd "$PREFIX/debs" && apt-get download -qq "$PROMETHEUS_DEB" >&2) || {
+      echo "install-deps: cannot download $PROMETHEUS_DEB; the archive now has: $(apt-cache madison prometheus | awk -F'|' '{gsub(/ /,"",$2); print $2}' | paste -sd, -)." >&2
+      echo "install-deps: update the pinned version in scripts/install-deps.sh." >&2
+      exit 1
+    }
+  fi
+  deb=$(ls "$PREFIX/debs/${name}_"*.deb | head -1)
+  rm -rf "$PREFIX/pkg/prometheus.tmp" "$PREFIX/pkg/promtool"
+  dpkg -x "$deb" "$PREFIX/pkg/prometheus.tmp"
+  mkdir -p "$PREFIX/pkg/promtool"
+  mv "$PREFIX/pkg/prometheus.tmp/usr/bin/promtool" "$PREFIX/pkg/promtool/promtool"
+  rm -rf "$PREFIX/pkg/prometheus.tmp" "$deb"
+  ln -sfn "$PREFIX/pkg/promtool/promtool" "$PREFIX/bin/promtool"
+  "$PREFIX/bin/promtool" --version >/dev/null 2>&1
+  stamp_set promtool "$PROMETHEUS_DEB"
+fi
+
 cat > "$PREFIX/VERSIONS.new" <<EOF
 # Test tools under $PREFIX (written by scripts/install-deps.sh)
 cosign          $COSIGN_DEB (Debian sid)
 crane           $CRANE_DEB (Debian sid)
 containerd-2.1  $CONTAINERD2_DEB (Debian sid); runc: system $(dpkg-query -W -f='${Version}' runc 2>/dev/null)
+promtool        $PROMETHEUS_DEB (Debian bookworm), promtool only
 refreg          tools/refreg/main.go on $GGCR_DEV_DEB (Debian sid), built with $GO_DEBS (bookworm-backports)
 containerd-1.6  system $(dpkg-query -W -f='${Version}' containerd 2>/dev/null)
 docker-registry system $(dpkg-query -W -f='${Version}' docker-registry 2>/dev/null)

@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check-config`, `verify` and `verify-bundle`.
+//! Command-line interface: `serve`, `check-config`, `verify`, `verify-bundle` and `audit`.
 
 use std::path::PathBuf;
 
@@ -29,6 +29,11 @@ pub enum Command {
     },
     /// Decide on images as the proxy would, without a runtime; exits 1 if any is denied.
     Verify(VerifyArgs),
+    /// Check images that already exist against a policy: every image of registries (their
+    /// catalog and tags, or given repositories), or with --node everything a runtime holds and
+    /// runs. Prints a table (or JSON); exits 0 if all passed, 1 if any would be refused (or
+    /// fails under an audit rule), 2 if nothing failed but not everything could be listed.
+    Audit(AuditArgs),
     /// For the installer: print FILE with the kubelet's runtime and image endpoints set to
     /// ENDPOINT (what changed goes to stderr); exits 65 and prints nothing if FILE can't be
     /// edited safely.
@@ -93,6 +98,49 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// The policy file (TOML).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Registries to walk, each REGISTRY[/PREFIX] (e.g. registry.example.com/team): every tag
+    /// of every repository under PREFIX in the registry's catalog.
+    pub targets: Vec<String>,
+    /// A repository to audit without the catalog (REGISTRY/REPOSITORY; repeat it), for
+    /// registries that do not serve their catalog.
+    #[arg(long = "repository", value_name = "REGISTRY/REPOSITORY")]
+    pub repositories: Vec<String>,
+    /// Audit the runtime instead: every image in its store and every running container.
+    #[arg(long, conflicts_with_all = ["targets", "repositories"])]
+    pub node: bool,
+    /// The runtime's CRI socket (with --node).
+    #[arg(
+        long,
+        default_value = "/run/containerd/containerd.sock",
+        requires = "node"
+    )]
+    pub runtime: PathBuf,
+    /// Registry credentials: a docker config.json [default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json].
+    #[arg(long)]
+    pub docker_config: Option<PathBuf>,
+    /// Output: table or json.
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub output: String,
+    /// The pod namespace to decide for (namespace-scoped rules).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Listings and verifications run at once (1-64).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// Most images audited; the listing stops there and the audit reports itself incomplete.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_images: usize,
+    /// Names asked for per listing page (the registry may send fewer).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub page_size: u16,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); flags override its values.
     #[arg(long, short)]
@@ -124,6 +172,10 @@ pub struct ServeArgs {
     /// The image policy file (TOML); SIGHUP reloads it.
     #[arg(long)]
     pub policy: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on ADDR:PORT or unix:/PATH ("" turns it off)
+    /// [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -139,6 +191,7 @@ impl ServeArgs {
             log_format: self.log_format.clone(),
             log_level: self.log_level.clone(),
             policy: self.policy.clone(),
+            metrics_listen: self.metrics_listen.clone(),
         }
     }
 }

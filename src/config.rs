@@ -22,11 +22,17 @@
 //! [log]
 //! format = "text"                              # text | json
 //! level = "info"                               # error | warn | info | debug | trace
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9478"                    # /metrics, /healthz, /readyz; or "unix:/path";
+//!                                              # absent or "": no metrics listener (the default)
 //! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::metrics::http::Endpoint;
 
 /// Validated settings of `cri-guard serve`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +67,8 @@ pub struct Config {
     pub policy_watch: bool,
     /// Log output.
     pub log: LogConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: not at all.
+    pub metrics_listen: Option<Endpoint>,
 }
 
 /// Log settings.
@@ -100,6 +108,7 @@ impl Default for Config {
                 format: LogFormat::Text,
                 level: "info".into(),
             },
+            metrics_listen: None,
         }
     }
 }
@@ -116,6 +125,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub policy: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// Every problem found in a configuration, each naming the key and the fix.
@@ -211,8 +221,10 @@ const TOP_KEYS: &[&str] = &[
     "policy",
     "policy_watch",
     "log",
+    "metrics",
 ];
 const LOG_KEYS: &[&str] = &["format", "level"];
+const METRICS_KEYS: &[&str] = &["listen"];
 
 /// Walks the table, collecting problems instead of stopping at the first.
 #[derive(Default)]
@@ -237,6 +249,18 @@ impl Validator {
             }
         };
         self.unknown_keys("log.", log, LOG_KEYS);
+        let metrics = match t.get("metrics") {
+            None => &empty,
+            Some(toml::Value::Table(m)) => m,
+            Some(other) => {
+                self.problems.push(format!(
+                    "`metrics` must be a table ([metrics] section), found a {}",
+                    other.type_str()
+                ));
+                &empty
+            }
+        };
+        self.unknown_keys("metrics.", metrics, METRICS_KEYS);
 
         let listen = self.socket_path("listen", pick(t, "listen", &o.listen), d.listen);
         let upstream = self.socket_path("upstream", pick(t, "upstream", &o.upstream), d.upstream);
@@ -366,6 +390,7 @@ impl Validator {
                 .map_err(|_| "a log filter such as \"info\", \"debug\" or \"cri_guard=debug,info\"")
                 },
             );
+        let metrics_listen = self.metrics_listen(pick(metrics, "listen", &o.metrics_listen));
         Config {
             listen,
             upstream,
@@ -380,6 +405,27 @@ impl Validator {
             policy,
             policy_watch,
             log: LogConfig { format, level },
+            metrics_listen,
+        }
+    }
+
+    fn metrics_listen(&mut self, raw: Option<Raw>) -> Option<Endpoint> {
+        let raw = raw?;
+        match raw.text() {
+            Ok(s) if s.is_empty() => None,
+            Ok(s) => match Endpoint::parse(&s) {
+                Ok(e) => Some(e),
+                Err(why) => {
+                    self.problems.push(format!("`metrics.listen` = {why}"));
+                    None
+                }
+            },
+            Err(found) => {
+                self.problems.push(format!(
+                    "`metrics.listen` must be a string, found a {found}"
+                ));
+                None
+            }
         }
     }
 
@@ -628,6 +674,44 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::parse("f", "workers = 1", &o).unwrap().workers, 3);
+    }
+
+    /// `[metrics] listen` takes an address with a port or a unix path; "" or absent is off; a
+    /// bad value names the key and the forms.
+    #[test]
+    fn metrics_listen() {
+        assert_eq!(parse("").unwrap().metrics_listen, None);
+        assert_eq!(
+            parse("[metrics]\nlisten = \"\"").unwrap().metrics_listen,
+            None
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"127.0.0.1:9478\"")
+                .unwrap()
+                .metrics_listen,
+            Some(Endpoint::Tcp("127.0.0.1:9478".parse().unwrap()))
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"unix:/run/m.sock\"")
+                .unwrap()
+                .metrics_listen,
+            Some(Endpoint::Unix("/run/m.sock".into()))
+        );
+        let e = parse("[metrics]\nlisten = \"localhost\"\nport = 1").unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert!(
+            e.problems.iter().any(|p| p.contains("`metrics.listen`")),
+            "{e}"
+        );
+        assert!(
+            e.problems.iter().any(|p| p.contains("`metrics.port`")),
+            "{e}"
+        );
+        let o = Overrides {
+            metrics_listen: Some("[::1]:9".into()),
+            ..Default::default()
+        };
+        assert!(Config::parse("f", "", &o).unwrap().metrics_listen.is_some());
     }
 
     /// `policy_watch` is a boolean (TOML `true`/`false`, or the same words as strings).

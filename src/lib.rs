@@ -12,6 +12,13 @@
 //!              ├─ notify ── sd_notify: READY=1 once bound with the policy loaded, WATCHDOG=1
 //!              │            from a task on the proxy's event loop, STATUS=, STOPPING=1
 //!              ├─ kubelet ── the installer's kubelet endpoint edit (hidden `kubelet-endpoint`)
+//!              ├─ metrics ── the process's cri_guard_* metrics (prometheus-client), bounded
+//!              │             labels, DecisionLog: the one decision line per intercepted call
+//!              │   └─ metrics::http  /metrics, /healthz, /readyz on [metrics] listen (TCP or
+//!              │                     unix), never the kubelet's socket
+//!              ├─ audit ── `cri-guard audit`: registries (catalog, tags; Registry::catalog_page,
+//!              │           tags_page) or the node's store and running containers, each decided
+//!              │           by the verifier; table or JSON; audit::dockercfg credentials
 //!              │
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
@@ -27,7 +34,8 @@
 //!                          │    PullImage, CreateContainer,
 //!                          │    RunPodSandbox                         → intercept → Guard → relay
 //!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
-//!                          ├─ proxy::relay     frames, trailers, resets, flow control
+//!                          ├─ proxy::relay     frames, trailers, resets, flow control;
+//!                          │                   relayed calls and errors counted per method
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
 //!                          ├─ proxy::budget    one budget for buffered intercepted bytes (all
 //!                          │                   connections), Stats counters; a deadline to
@@ -36,7 +44,8 @@
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies,
 //!                                              bounded and escaped messages and log fields
 //!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
-//!                            ImageStatus, sandbox image), creates pinned to the checked image id
+//!                            ImageStatus, sandbox image), creates pinned to the checked image id;
+//!                            writes each call's decision line (metrics::DecisionLog)
 //!                            verify::reference image references read as containerd reads them;
 //!                                             the normalized form rules match
 //!                            verify::policy   rules (imageReferences, namespaces, mode, attestors,
@@ -73,10 +82,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod kubelet;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod registry;

@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use cri_guard::cli::{Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs, VerifyBundleArgs};
+use cri_guard::cli::{
+    AuditArgs, Cli, Command, KubeletEndpointArgs, ServeArgs, VerifyArgs, VerifyBundleArgs,
+};
 use cri_guard::config::{Config, ConfigErrors, LogFormat, Overrides};
+use cri_guard::metrics::{self, METRICS};
 use cri_guard::notify::{self, Notifier};
 use cri_guard::proxy::grpc::Text;
 use cri_guard::proxy::{AllowAll, Guard, Proxy};
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { file, policy } => check_config(file, policy),
         Command::Serve(args) => serve(&args),
         Command::Verify(args) => verify(&args),
+        Command::Audit(args) => audit(&args),
         Command::KubeletEndpoint(args) => kubelet_endpoint(&args),
         Command::VerifyBundle(args) => verify_bundle(&args),
     }
@@ -248,6 +252,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             }
             Some(loaded) => {
                 let generation = loaded.policy.generation;
+                METRICS.set_registries(metrics::policy_registries(&loaded.policy));
                 match Verifier::new(loaded.policy, Some(cfg.upstream.clone())) {
                     Ok(v) => {
                         let reloader = Reloader::new(
@@ -266,6 +271,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 }
             }
         };
+        let policy_status = reloader.as_ref().map(|(_, r)| r.status());
+        METRICS.set_sources(metrics::Sources {
+            policy: policy_status.clone(),
+            cache_entries: reloader.as_ref().map(|(v, _)| {
+                let v = v.clone();
+                Box::new(move || v.cache_entries() as u64) as Box<dyn Fn() -> u64 + Send + Sync>
+            }),
+        });
+        let signals = install_shutdown_signals();
         let proxy = match Proxy::bind(&cfg, guard) {
             Ok(p) => p,
             Err(e) => {
@@ -295,6 +309,17 @@ fn serve(args: &ServeArgs) -> ExitCode {
             policy = %policy_text,
             "cri-guard ready"
         );
+        if let Some(endpoint) = cfg.metrics_listen.clone() {
+            let health = Arc::new(metrics::http::Health::new(
+                cfg.upstream.clone(),
+                policy_status,
+            ));
+            tokio::spawn(metrics::http::serve(
+                endpoint,
+                health,
+                std::time::Duration::from_secs(10),
+            ));
+        }
         if let Some(interval) = notify::watchdog_interval_from_env().filter(|_| notifier.enabled())
         {
             tracing::info!(interval = ?interval, "sending watchdog pings");
@@ -315,7 +340,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 tokio::spawn(sighup_without_policy());
             }
         }
-        proxy.run(shutdown_signal(notifier)).await;
+        proxy.run(shutdown_signal(signals, notifier)).await;
         ExitCode::SUCCESS
     })
 }
@@ -325,7 +350,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
 fn apply_to(verifier: Verifier) -> reload::Apply {
     let report: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
     Arc::new(move |policy: Policy| {
+        let registries = metrics::policy_registries(&policy);
         verifier.reload(policy).map_err(|e| e.to_string())?;
+        METRICS.set_registries(registries);
         let task = tokio::spawn(report_sandbox_image(verifier.clone())).abort_handle();
         if let Some(previous) = report
             .lock()
@@ -459,6 +486,108 @@ fn verify(args: &VerifyArgs) -> ExitCode {
     })
 }
 
+/// `cri-guard audit`: see `cri_guard::audit`. Exit codes: 0 all passed, 1 some would be
+/// refused, 2 incomplete (or nothing could be listed), 64 bad policy or arguments.
+fn audit(args: &AuditArgs) -> ExitCode {
+    use cri_guard::audit::{self, Options, Target, dockercfg::DockerConfig};
+    let policy = match Policy::load(&args.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let mut targets = Vec::new();
+    for t in &args.targets {
+        match Target::parse(t) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("cri-guard audit: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
+    }
+    if !args.node && targets.is_empty() && args.repositories.is_empty() {
+        eprintln!(
+            "cri-guard audit: name what to audit: REGISTRY[/PREFIX]..., --repository REGISTRY/REPOSITORY, or --node"
+        );
+        return ExitCode::from(EX_CONFIG);
+    }
+    let creds = match args
+        .docker_config
+        .clone()
+        .map(|p| (p, true))
+        .or_else(|| audit::dockercfg::default_path().map(|p| (p, false)))
+    {
+        Some((path, required)) => match DockerConfig::load(&path, required) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cri-guard audit: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+        None => DockerConfig::default(),
+    };
+    let opts = Options {
+        namespace: args.namespace.clone(),
+        concurrency: usize::from(args.concurrency),
+        page_size: usize::from(args.page_size),
+        max_images: args.max_images.max(1),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cri-guard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client_cfg = cri_guard::verify::registry_config(&policy);
+    let upstream = args.node.then(|| args.runtime.clone());
+    let report = runtime.block_on(async {
+        let verifier = Verifier::new(policy, upstream.clone()).map_err(|e| e.to_string())?;
+        match upstream {
+            Some(socket) => audit::audit_node(&verifier, &socket, &creds, &opts).await,
+            None => {
+                let client =
+                    cri_guard::registry::Registry::new(client_cfg).map_err(|e| e.to_string())?;
+                Ok(audit::audit_registries(
+                    &verifier,
+                    &client,
+                    &targets,
+                    &args.repositories,
+                    &creds,
+                    &opts,
+                )
+                .await)
+            }
+        }
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing could be listed: incomplete (2), not a verdict on any image.
+            eprintln!("cri-guard audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = if args.output == "json" {
+        report.write_json(&mut out)
+    } else {
+        report.write_table(&mut out)
+    };
+    if let Err(e) = written {
+        eprintln!("cri-guard audit: cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::from(report.exit_code())
+}
+
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log.level);
     let builder = tracing_subscriber::fmt()
@@ -466,26 +595,40 @@ fn init_tracing(cfg: &Config) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
+        // Fields at the top level of each object, where log pipelines look for them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
-async fn shutdown_signal(notifier: Arc<Notifier>) {
+/// SIGTERM and SIGINT, registered before the socket is bound: a signal that arrives the moment
+/// the socket accepts must stop the proxy gracefully, not end the process by its default action.
+fn install_shutdown_signals() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>
+{
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT, after telling the service manager that shutdown has begun.
+async fn shutdown_signal(
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    notifier: Arc<Notifier>,
+) {
+    match signals {
+        Some((mut term, mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
             notifier.stopping();
         }
-        _ => {
+        None => {
             tracing::error!("cannot install signal handlers; stop cri-guard with SIGKILL");
             std::future::pending::<()>().await
         }

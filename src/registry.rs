@@ -36,6 +36,8 @@ use bytes::{Bytes, BytesMut};
 use oci_client::Reference;
 use sha2::{Digest as _, Sha256};
 
+use crate::metrics::METRICS;
+
 /// Manifest media types we accept (Docker v2 and OCI, single and multi-platform).
 pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.oci.image.index.v1+json, \
@@ -264,6 +266,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The `kind` label of `cri_guard_registry_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryError::Unreachable { .. } => "unreachable",
+            RegistryError::Status { .. } => "status",
+            RegistryError::Unauthorized { .. } => "unauthorized",
+            RegistryError::TooLarge { .. } => "too_large",
+            RegistryError::DigestMismatch { .. } => "digest_mismatch",
+            RegistryError::OverBudget { .. } => "over_budget",
+            RegistryError::Malformed(_) => "malformed",
+        }
+    }
+
     /// True when the registry was not reachable (the kubelet's `RegistryUnavailable`).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, RegistryError::Unreachable { .. })
@@ -486,9 +501,13 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = read_limited(resp, &url, self.cfg.max_manifest_size).await?;
+        let body = counted(
+            repo.registry(),
+            read_limited(resp, &url, self.cfg.max_manifest_size).await,
+        )?;
         let digest = format!("sha256:{}", hex(&Sha256::digest(&body)));
         if valid_digest(reference) && reference != digest {
+            METRICS.registry_error(repo.registry(), "digest_mismatch");
             return Err(RegistryError::DigestMismatch {
                 url,
                 expected: reference.to_string(),
@@ -520,11 +539,12 @@ impl Registry {
             self.endpoint(repo.registry()),
             repo.repository()
         );
-        charge_blob(&url)?;
+        counted(repo.registry(), charge_blob(&url))?;
         let resp = self.send(reqwest::Method::GET, &url, repo, auth).await?;
-        let body = read_limited(resp, &url, limit).await?;
+        let body = counted(repo.registry(), read_limited(resp, &url, limit).await)?;
         let actual = format!("sha256:{}", hex(&Sha256::digest(&body)));
         if actual != digest {
+            METRICS.registry_error(repo.registry(), "digest_mismatch");
             return Err(RegistryError::DigestMismatch {
                 url,
                 expected: digest.into(),
@@ -532,6 +552,52 @@ impl Registry {
             });
         }
         Ok(body)
+    }
+
+    /// One page of the registry's repository list (`GET /v2/_catalog?n=N&last=L`), with the
+    /// `last` to ask for next when the registry says there is more (a `Link: ..; rel="next"`).
+    /// The registry must grant the `registry:catalog:*` scope (many public ones do not: give
+    /// the repositories instead).
+    pub async fn catalog_page(
+        &self,
+        registry: &str,
+        n: usize,
+        last: Option<&str>,
+        auth: &Auth,
+    ) -> Result<Listing, RegistryError> {
+        let url = listing_url(&format!("{}/v2/_catalog", self.endpoint(registry)), n, last)?;
+        let resp = self
+            .send_scoped(
+                reqwest::Method::GET,
+                &url,
+                registry,
+                "registry:catalog:*",
+                auth,
+            )
+            .await?;
+        Listing::read(resp, &url, "repositories").await
+    }
+
+    /// One page of the tags of `repo` (`GET /v2/<name>/tags/list?n=N&last=L`); see
+    /// [`Registry::catalog_page`].
+    pub async fn tags_page(
+        &self,
+        repo: &Reference,
+        n: usize,
+        last: Option<&str>,
+        auth: &Auth,
+    ) -> Result<Listing, RegistryError> {
+        let base = format!(
+            "{}/v2/{}/tags/list",
+            self.endpoint(repo.registry()),
+            repo.repository()
+        );
+        let url = listing_url(&base, n, last)?;
+        let scope = format!("repository:{}:pull", repo.repository());
+        let resp = self
+            .send_scoped(reqwest::Method::GET, &url, repo.registry(), &scope, auth)
+            .await?;
+        Listing::read(resp, &url, "tags").await
     }
 
     /// Sends one request, answering a bearer-token challenge once.
@@ -543,11 +609,37 @@ impl Registry {
         auth: &Auth,
     ) -> Result<reqwest::Response, RegistryError> {
         let scope = format!("repository:{}:pull", repo.repository());
-        let key = (
-            repo.registry().to_string(),
-            scope.clone(),
-            auth.fingerprint(),
-        );
+        self.send_scoped(method, url, repo.registry(), &scope, auth)
+            .await
+    }
+
+    /// Sends one request to `registry`, answering a bearer-token challenge once with a token
+    /// for `scope`. Counted in the metrics (a 404 is an answer: "not there", not an error).
+    async fn send_scoped(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        registry: &str,
+        scope: &str,
+        auth: &Auth,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let r = self.send_once(method, url, registry, scope, auth).await;
+        match &r {
+            Err(RegistryError::Status { status: 404, .. }) | Ok(_) => {}
+            Err(e) => METRICS.registry_error(registry, e.kind()),
+        }
+        r
+    }
+
+    async fn send_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        registry: &str,
+        scope: &str,
+        auth: &Auth,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let key = (registry.to_string(), scope.to_string(), auth.fingerprint());
         let cached = {
             let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
             tokens
@@ -555,6 +647,7 @@ impl Registry {
                 .filter(|(_, exp)| *exp > Instant::now())
                 .map(|(t, _)| t.clone())
         };
+        METRICS.registry_request(registry);
         let first = self
             .request(method.clone(), url, cached.as_deref(), auth)
             .await?;
@@ -576,13 +669,14 @@ impl Registry {
         let Some((realm, service)) = challenge else {
             return Err(RegistryError::Unauthorized { url: url.into() });
         };
-        let token_auth = if self.may_receive_credentials(repo.registry(), url, &realm) {
+        let token_auth = if self.may_receive_credentials(registry, url, &realm) {
             auth
         } else {
             &Auth::Anonymous
         };
+        METRICS.registry_request(registry);
         let (token, ttl) = self
-            .fetch_token(&realm, service.as_deref(), &scope, token_auth)
+            .fetch_token(&realm, service.as_deref(), scope, token_auth)
             .await?;
         {
             let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
@@ -597,6 +691,7 @@ impl Registry {
             }
             tokens.insert(key, (token.clone(), Instant::now() + ttl));
         }
+        METRICS.registry_request(registry);
         let second = self.request(method, url, Some(&token), auth).await?;
         if second.status() == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RegistryError::Unauthorized { url: url.into() });
@@ -689,6 +784,14 @@ impl Registry {
         // Refresh a little early.
         Ok((token.to_string(), Duration::from_secs(ttl - ttl / 10)))
     }
+}
+
+/// `r`, with an error counted for `registry` in the metrics.
+fn counted<T>(registry: &str, r: Result<T, RegistryError>) -> Result<T, RegistryError> {
+    if let Err(e) = &r {
+        METRICS.registry_error(registry, e.kind());
+    }
+    r
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> RegistryError {
@@ -896,6 +999,96 @@ fn same_origin(endpoint: &str, link: &str, from: &str) -> Result<String, Registr
     )))
 }
 
+/// Most bytes of one listing page (catalog or tags).
+const MAX_LISTING: usize = 4 << 20;
+/// Most names on one listing page, whatever `n` asked for.
+const MAX_LISTING_NAMES: usize = 10_000;
+
+/// One page of a registry listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The repository or tag names on this page.
+    pub names: Vec<String>,
+    /// The `last` to ask with for the next page; `None`: this was the last page.
+    pub next: Option<String>,
+}
+
+impl Listing {
+    /// Reads a listing response: JSON with the names under `field` (null or absent: none), and
+    /// a `Link` header if there is more.
+    async fn read(
+        resp: reqwest::Response,
+        url: &str,
+        field: &str,
+    ) -> Result<Listing, RegistryError> {
+        let link = resp
+            .headers()
+            .get_all("link")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(next_page_last);
+        let body = read_limited(resp, url, MAX_LISTING).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Malformed(format!("{url}: not a JSON listing: {e}")))?;
+        let names: Vec<String> = match v.get(field) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        RegistryError::Malformed(format!("{url}: `{field}` holds a non-string"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(RegistryError::Malformed(format!(
+                    "{url}: `{field}` is not a list"
+                )));
+            }
+        };
+        if names.len() > MAX_LISTING_NAMES {
+            return Err(RegistryError::Malformed(format!(
+                "{url}: more than {MAX_LISTING_NAMES} names on one page"
+            )));
+        }
+        // A next link without `last` continues after this page's final name.
+        let next = match link {
+            Some(Some(last)) => Some(last),
+            Some(None) => names.last().cloned(),
+            None => None,
+        };
+        Ok(Listing { names, next })
+    }
+}
+
+/// `base?n=N[&last=L]`, with `last` query-encoded.
+fn listing_url(base: &str, n: usize, last: Option<&str>) -> Result<String, RegistryError> {
+    let mut u = reqwest::Url::parse(base)
+        .map_err(|e| RegistryError::Malformed(format!("{base}: not a URL: {e}")))?;
+    {
+        let mut q = u.query_pairs_mut();
+        q.append_pair("n", &n.to_string());
+        if let Some(l) = last {
+            q.append_pair("last", l);
+        }
+    }
+    Ok(u.to_string())
+}
+
+/// For a `Link` header value with a `rel="next"` target: `Some(the target's last parameter)`
+/// (`Some(None)` when it has none); `None` when it is no next link. Only the parameter is taken:
+/// the next request is built against the same registry, never sent where the link points.
+fn next_page_last(value: &str) -> Option<Option<String>> {
+    let target = next_link(value)?;
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let last = reqwest::Url::parse(&format!("http://x/?{query}"))
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == "last")
+        .map(|(_, v)| v.into_owned());
+    Some(last)
+}
+
 /// `sha256:` followed by 64 lowercase hex digits.
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
@@ -913,6 +1106,26 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listing pagination reads only the `last` of a `rel="next"` link; other links are not
+    /// next pages.
+    #[test]
+    fn listing_links() {
+        assert_eq!(
+            next_page_last(r#"</v2/_catalog?last=a%2Fb&n=2>; rel="next""#),
+            Some(Some("a/b".into()))
+        );
+        assert_eq!(
+            next_page_last(r#"<https://evil.example/v2/x?n=1>; rel="next""#),
+            Some(None)
+        );
+        assert_eq!(next_page_last(r#"</v2/_catalog?last=a>; rel="prev""#), None);
+        assert_eq!(next_page_last("garbage"), None);
+        assert_eq!(
+            listing_url("http://r:5000/v2/_catalog", 7, Some("a/b c")).unwrap(),
+            "http://r:5000/v2/_catalog?n=7&last=a%2Fb+c"
+        );
+    }
 
     /// Bearer challenges parse with quoted commas; Basic challenges don't.
     #[test]

@@ -35,6 +35,7 @@ use super::intercept::{self, BoxFuture, Call, Confirm, Guard, Verdict};
 use super::relay::{self, Body};
 use super::socket;
 use crate::cri;
+use crate::metrics::METRICS;
 
 /// How long a draining connection with no calls in flight stays open.
 const IDLE_CLOSE: Duration = Duration::from_millis(100);
@@ -240,9 +241,17 @@ async fn dispatch(
     }
     let send = match upstream {
         Some(u) => u.send.clone(),
-        None => match connect(shared).await {
+        None => match connect(shared)
+            .await
+            .inspect(|_| METRICS.upstream_connect(true))
+        {
             Ok(u) => upstream.insert(u).send.clone(),
             Err(status) => {
+                METRICS.upstream_connect(false);
+                // A call for the runtime that could not be made: counted as its method's error.
+                let method = crate::metrics::method_index(req.uri().path());
+                METRICS.relayed(method);
+                METRICS.relay_failed(method);
                 warn!(method = req.uri().path(), message = %status.message, "runtime unavailable");
                 relay::reply(respond, &status);
                 return Box::pin(std::future::ready(()));
@@ -324,18 +333,12 @@ async fn intercepted(
             return relay::reply(respond, &status);
         }
     };
+    // The guard writes the call's decision line (and counts it).
     let verdict = shared.guard.decide(&call).await;
-    let decision = match &verdict {
-        Verdict::Deny(_) => "deny",
-        _ => "allow",
-    };
-    info!(
+    debug!(
         method,
-        image = %grpc::Text(call.image()),
-        namespace = %grpc::Text(call.namespace()),
-        decision,
         micros = started.elapsed().as_micros() as u64,
-        "intercepted call"
+        "intercepted call decided"
     );
     match verdict {
         Verdict::Forward => relay::forward(head, Body::Buffered(bytes), respond, send).await,
@@ -395,8 +398,14 @@ async fn exchange_to_completion(
     confirm: Confirm,
 ) -> relay::Answer {
     let Upstream { send, mut conn } = match connect(shared).await {
-        Ok(u) => u,
-        Err(status) => return relay::Answer::Status(status),
+        Ok(u) => {
+            METRICS.upstream_connect(true);
+            u
+        }
+        Err(status) => {
+            METRICS.upstream_connect(false);
+            return relay::Answer::Status(status);
+        }
     };
     let exchange = relay::exchange_confirmed(head, bytes, send, confirm, shared.max_message);
     tokio::pin!(exchange);

@@ -111,7 +111,22 @@ pub trait Guard: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Guard for AllowAll {
-    fn decide<'a>(&'a self, _call: &'a Call) -> BoxFuture<'a, Verdict> {
+    fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict> {
+        crate::metrics::DecisionLog {
+            method: call.method(),
+            image: call.image(),
+            digest: "",
+            namespace: call.namespace(),
+            pod: "",
+            rule: "(no policy)",
+            mode: "",
+            verdict: crate::metrics::Verdict::Allow,
+            class: crate::metrics::ReasonClass::NoPolicy,
+            reason: "no policy configured: every image is allowed",
+            cached: false,
+            duration: std::time::Duration::ZERO,
+        }
+        .emit();
         Box::pin(std::future::ready(Verdict::Forward))
     }
 }

@@ -19,6 +19,7 @@ use http::{Request, Response};
 use super::grpc::{self, Code, Status};
 use super::intercept::Confirm;
 use crate::cri::PullImageResponse;
+use crate::metrics::{METRICS, method_index};
 use prost::Message;
 
 /// A request body: still arriving, or already read whole (an intercepted call).
@@ -47,9 +48,16 @@ pub(crate) async fn forward(
     mut respond: SendResponse<Bytes>,
     upstream: SendRequest<Bytes>,
 ) {
+    // Counted per method: one relaxed atomic add on a counter made at start.
+    let method = method_index(head.uri.path());
+    METRICS.relayed(method);
+    let failed = |respond, status: &Status| {
+        METRICS.relay_failed(method);
+        reply(respond, status)
+    };
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return reply(respond, &unavailable("connection failed", &e)),
+        Err(e) => return failed(respond, &unavailable("connection failed", &e)),
     };
     let request = Request::from_parts(head, ());
 
@@ -60,7 +68,7 @@ pub(crate) async fn forward(
                 let _ = tx.send_data(bytes, true);
                 (response, None)
             }
-            Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+            Err(e) => return failed(respond, &unavailable("refused the call", &e)),
         },
         Body::Stream(mut rx) => {
             let mut first = None;
@@ -82,7 +90,7 @@ pub(crate) async fn forward(
                         (response, (!done).then_some((rx, tx)))
                     }
                 }
-                Err(e) => return reply(respond, &unavailable("refused the call", &e)),
+                Err(e) => return failed(respond, &unavailable("refused the call", &e)),
             }
         }
     };
@@ -92,16 +100,25 @@ pub(crate) async fn forward(
             Ok(resp) => {
                 let (parts, rx) = resp.into_parts();
                 let eos = rx.is_end_stream();
-                match respond.send_response(Response::from_parts(parts, ()), eos) {
-                    Ok(tx) if !eos => pipe(rx, tx, true).await,
-                    _ => {}
+                let trailers_only_error = eos && error_status(&parts.headers);
+                let ended_in_error =
+                    match respond.send_response(Response::from_parts(parts, ()), eos) {
+                        Ok(tx) if !eos => pipe(rx, tx, true).await,
+                        _ => trailers_only_error,
+                    };
+                if ended_in_error {
+                    METRICS.relay_failed(method);
                 }
             }
-            Err(e) => match e.reason() {
-                // The runtime reset the stream: pass the reset on, as a direct client would see it.
-                Some(reason) if e.is_remote() => respond.send_reset(reason),
-                _ => reply(respond, &unavailable("connection broke", &e)),
-            },
+            Err(e) => {
+                METRICS.relay_failed(method);
+                match e.reason() {
+                    // The runtime reset the stream: pass the reset on, as a direct client
+                    // would see it.
+                    Some(reason) if e.is_remote() => respond.send_reset(reason),
+                    _ => reply(respond, &unavailable("connection broke", &e)),
+                }
+            }
         }
     };
     match rest {
@@ -109,7 +126,7 @@ pub(crate) async fn forward(
         Some((rx, tx)) => {
             // The call ends when the response ends; a request still streaming then is dropped.
             let request_side = async move {
-                pipe(rx, tx, false).await;
+                let _ = pipe(rx, tx, false).await;
                 std::future::pending::<()>().await
             };
             tokio::select! {
@@ -124,38 +141,54 @@ pub(crate) async fn forward(
 /// A reset on either side is passed to the other (dropping `rx` resets it with CANCEL). On the
 /// response side (`response`), a runtime connection that breaks mid-response ends the client's
 /// call with status Unavailable (trailers), so it is never mistaken for a complete answer.
-async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>, response: bool) {
+/// Returns whether the stream ended in an error: a reset, a break, or trailers with a gRPC
+/// error status.
+async fn pipe(mut rx: RecvStream, mut tx: SendStream<Bytes>, response: bool) -> bool {
     loop {
         let next = tokio::select! {
             biased;
             d = rx.data() => d,
-            _ = poll_fn(|cx| tx.poll_reset(cx)) => return,
+            _ = poll_fn(|cx| tx.poll_reset(cx)) => return true,
         };
         match next {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 let eos = rx.is_end_stream();
                 if send_all(&mut tx, chunk, eos).await.is_err() {
-                    return;
+                    return true;
                 }
                 let _ = rx.flow_control().release_capacity(n);
                 if eos {
-                    return;
+                    return false;
                 }
             }
-            Some(Err(e)) => return fail(tx, &e, response),
+            Some(Err(e)) => {
+                fail(tx, &e, response);
+                return true;
+            }
             None => break,
         }
     }
     match rx.trailers().await {
         Ok(Some(trailers)) => {
+            let failed = error_status(&trailers);
             let _ = tx.send_trailers(trailers);
+            failed
         }
         Ok(None) => {
             let _ = tx.send_data(Bytes::new(), true);
+            false
         }
-        Err(e) => fail(tx, &e, response),
+        Err(e) => {
+            fail(tx, &e, response);
+            true
+        }
     }
+}
+
+/// Whether headers (or trailers) carry a gRPC status other than OK.
+fn error_status(h: &http::HeaderMap) -> bool {
+    h.get("grpc-status").is_some_and(|s| s.as_bytes() != b"0")
 }
 
 /// Ends `tx` after its source failed: a reset the runtime (or client) sent is passed on as is;
@@ -278,30 +311,37 @@ pub(crate) async fn exchange_confirmed(
     confirm: Confirm,
     max_response: usize,
 ) -> Answer {
+    let method = method_index(head.uri.path());
+    METRICS.relayed(method);
+    let failed = |status| {
+        METRICS.relay_failed(method);
+        Answer::Status(status)
+    };
     let mut upstream = match upstream.ready().await {
         Ok(u) => u,
-        Err(e) => return Answer::Status(unavailable("connection failed", &e)),
+        Err(e) => return failed(unavailable("connection failed", &e)),
     };
     let response = match upstream.send_request(Request::from_parts(head, ()), false) {
         Ok((response, mut tx)) => {
             let _ = tx.send_data(body, true);
             response
         }
-        Err(e) => return Answer::Status(unavailable("refused the call", &e)),
+        Err(e) => return failed(unavailable("refused the call", &e)),
     };
     let resp = match response.await {
         Ok(r) => r,
-        Err(e) => return Answer::Status(unavailable("connection broke", &e)),
+        Err(e) => return failed(unavailable("connection broke", &e)),
     };
     let (parts, mut rx) = resp.into_parts();
     if rx.is_end_stream() {
         // Trailers-only: an error status. Nothing was stored; pass it on.
+        METRICS.relay_failed(method);
         return Answer::TrailersOnly(parts);
     }
     let data = match read_body(&mut rx, max_response, "PullImage response", |_| Ok(())).await {
         Ok(d) => d,
         Err(_) => {
-            return Answer::Status(Status::new(
+            return failed(Status::new(
                 Code::Unavailable,
                 "cri-guard: the runtime's response broke off",
             ));
@@ -328,6 +368,8 @@ pub(crate) async fn exchange_confirmed(
         if let Err(status) = verdict {
             return Answer::Status(status);
         }
+    } else {
+        METRICS.relay_failed(method);
     }
     Answer::Relay {
         parts,

@@ -55,6 +55,8 @@ pub struct Cache<K, V> {
     entries: Mutex<LruCache<K, (V, Instant)>>,
     inflight: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
     pub stats: Stats,
+    /// Count evictions in the process's metrics (the decision cache does).
+    count_evictions: bool,
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
@@ -65,7 +67,14 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
             )),
             inflight: Mutex::new(HashMap::new()),
             stats: Stats::default(),
+            count_evictions: false,
         }
+    }
+
+    /// This cache, with evictions counted in `cri_guard_cache_evictions_total`.
+    pub fn counting_evictions(mut self) -> Self {
+        self.count_evictions = true;
+        self
     }
 
     /// The cached value, if present and not expired.
@@ -83,7 +92,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Cache<K, V> {
 
     pub fn insert(&self, key: K, value: V, ttl: Duration) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let evicted = !entries.contains(&key) && entries.len() == entries.cap().get();
         entries.put(key, (value, Instant::now() + ttl));
+        if evicted && self.count_evictions {
+            crate::metrics::METRICS.cache_eviction();
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -48,9 +48,10 @@ use bytes::Bytes;
 use oci_client::Reference;
 use prost::Message as _;
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::cri;
+use crate::metrics::{self, DecisionLog, METRICS, ReasonClass};
 use crate::proxy::grpc::{Code, Status, Text};
 use crate::proxy::intercept::{BoxFuture, Call, Guard, Verdict};
 use crate::registry::{Auth, Budget, Registry, RegistryConfig, RegistryError, valid_digest};
@@ -89,6 +90,8 @@ pub struct Denial {
     pub reason: String,
     /// The attestations found and what became of each, when attestations were checked.
     pub attestations: Findings,
+    /// What kind of denial it is (the metrics' `reason` label).
+    pub class: ReasonClass,
 }
 
 /// The attestations found for an image; shared, so a cache hit does not copy them.
@@ -107,11 +110,16 @@ pub struct Finding {
 
 impl Denial {
     fn new(reason: impl Into<String>) -> Denial {
+        Denial::of(ReasonClass::Other, reason)
+    }
+
+    fn of(class: ReasonClass, reason: impl Into<String>) -> Denial {
         Denial {
             unavailable: false,
             busy: false,
             reason: reason.into(),
             attestations: Findings::default(),
+            class,
         }
     }
 
@@ -121,7 +129,28 @@ impl Denial {
             busy: false,
             reason: format!("{what}: {e}"),
             attestations: Findings::default(),
+            class: if e.is_unavailable() {
+                ReasonClass::RegistryUnavailable
+            } else {
+                ReasonClass::RegistryError
+            },
         }
+    }
+
+    /// This denial, classed as coming from `stage` unless it is classed already.
+    fn in_stage(mut self, stage: ReasonClass) -> Denial {
+        if self.class == ReasonClass::Other {
+            self.class = match stage {
+                ReasonClass::BadSignature
+                    if self.reason.starts_with("no signature found")
+                        || self.reason.starts_with("no cosign signature layer") =>
+                {
+                    ReasonClass::Unsigned
+                }
+                s => s,
+            };
+        }
+        self
     }
 
     /// The gRPC status the kubelet understands (design.md section 3). A busy refusal is
@@ -188,6 +217,25 @@ impl Decision {
         }
     }
 
+    /// The kind of reason (the metrics' `reason` label).
+    pub fn class(&self) -> ReasonClass {
+        match (&self.outcome, self.mode) {
+            (_, Mode::Skip) => ReasonClass::Skipped,
+            (Some(Outcome::Verified { .. }), _) => ReasonClass::Verified,
+            (Some(Outcome::Denied(d)), _) => d.class,
+            (None, _) => ReasonClass::Other,
+        }
+    }
+
+    /// What the proxy's decision line and metrics call this decision's result.
+    pub fn verdict(&self) -> metrics::Verdict {
+        match (&self.outcome, self.allowed) {
+            (_, false) => metrics::Verdict::Deny,
+            (Some(Outcome::Denied(_)), true) => metrics::Verdict::WouldDeny,
+            _ => metrics::Verdict::Allow,
+        }
+    }
+
     /// The attestations found for the image and what became of each (for `cri-guard verify`).
     pub fn attestations(&self) -> &[Finding] {
         match &self.outcome {
@@ -244,12 +292,15 @@ impl Limiter {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(Denial {
                 busy: true,
-                ..Denial::new(format!(
-                    "not verified now: cri-guard is running its limit of {} verifications with \
+                ..Denial::of(
+                    ReasonClass::Busy,
+                    format!(
+                        "not verified now: cri-guard is running its limit of {} verifications with \
                      {} more waiting (fetch.maxConcurrentVerifications, \
                      fetch.maxQueuedVerifications); the kubelet retries",
-                    self.running, self.queue
-                ))
+                        self.running, self.queue
+                    ),
+                )
             });
         }
         let _waiting = Waiting(&self.waiting);
@@ -293,25 +344,9 @@ impl Verifier {
     }
 
     fn state(policy: Policy) -> Result<State, RegistryError> {
-        let registry = Registry::new(RegistryConfig {
-            hosts_dir: policy.hosts_dir.clone(),
-            insecure: policy
-                .registries
-                .iter()
-                .filter(|(_, s)| s.insecure)
-                .map(|(n, _)| n.clone())
-                .collect(),
-            timeout: policy.fetch.timeout,
-            max_manifest_size: policy.fetch.max_manifest_size,
-            token_hosts: policy
-                .registries
-                .iter()
-                .filter(|(_, s)| !s.token_hosts.is_empty())
-                .map(|(n, s)| (n.clone(), s.token_hosts.clone()))
-                .collect(),
-        })?;
+        let registry = Registry::new(registry_config(&policy))?;
         Ok(State {
-            decisions: Cache::new(policy.cache.size),
+            decisions: Cache::new(policy.cache.size).counting_evictions(),
             resolutions: Cache::new(policy.cache.size.min(4096)),
             limiter: Limiter::new(
                 policy.fetch.max_concurrent_verifications,
@@ -331,6 +366,11 @@ impl Verifier {
 
     fn current(&self) -> Arc<State> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Decisions held in the decision cache now (for metrics).
+    pub fn cache_entries(&self) -> usize {
+        self.current().decisions.len()
     }
 
     /// Cache counters: (hits, misses, verifications run).
@@ -363,9 +403,10 @@ impl Verifier {
                 digest: None,
                 rule: "(none)".into(),
                 mode: Mode::Enforce,
-                outcome: Some(Outcome::Denied(Denial::new(format!(
-                    "not a valid image reference: {e}"
-                )))),
+                outcome: Some(Outcome::Denied(Denial::of(
+                    ReasonClass::InvalidRequest,
+                    format!("not a valid image reference: {e}"),
+                ))),
                 cached: false,
                 allowed: false,
             },
@@ -413,6 +454,7 @@ impl Verifier {
                     "verification did not finish within {timeout:?} (fetch.verifyTimeout)"
                 ),
                 attestations: Findings::default(),
+                class: ReasonClass::RegistryUnavailable,
             }));
         }
         d.allowed = matches!(d.outcome, Some(Outcome::Verified { .. })) || d.mode == Mode::Audit;
@@ -443,6 +485,7 @@ impl Verifier {
         let (outcome, cached) = self
             .verify_digest(state, reference, index, rule, &digest, auth)
             .await;
+        METRICS.cache_lookup(cached);
         d.outcome = Some(outcome);
         d.cached = cached;
     }
@@ -530,9 +573,14 @@ impl Verifier {
                         Ok(slot) => slot,
                         Err(busy) => return Outcome::Denied(busy),
                     };
-                    Budget::new(fetch.max_verification_bytes, fetch.max_verification_blobs)
-                        .scope(verify_image(state, reference, rule, digest, auth))
-                        .await
+                    let started = std::time::Instant::now();
+                    let outcome =
+                        Budget::new(fetch.max_verification_bytes, fetch.max_verification_blobs)
+                            .scope(verify_image(state, reference, rule, digest, auth))
+                            .await;
+                    let verified = matches!(outcome, Outcome::Verified { .. });
+                    METRICS.verification(verified, started.elapsed());
+                    outcome
                 },
                 move |o| match o {
                     Outcome::Verified { .. } => Some((shared, ttl)),
@@ -585,6 +633,12 @@ impl Verifier {
             .unwrap_or_default()
     }
 
+    /// Credentials to use for `registry` when deciding on images the runtime holds (as if a
+    /// pull from it had been allowed with them), e.g. from a docker config for `cri-guard audit`.
+    pub fn add_credentials(&self, registry: &str, auth: &Auth) {
+        self.remember(registry, auth);
+    }
+
     fn remember(&self, registry: &str, auth: &Auth) {
         if *auth != Auth::Anonymous {
             self.remembered
@@ -613,7 +667,8 @@ impl Verifier {
     }
 
     /// The namespace of sandbox `id` as the runtime recorded it.
-    async fn sandbox_namespace(&self, id: &str) -> Result<String, String> {
+    /// The (namespace, name) of sandbox `id` as the runtime recorded them.
+    async fn sandbox_namespace(&self, id: &str) -> Result<(String, String), String> {
         if id.is_empty() {
             return Err("the request names no pod sandbox".into());
         }
@@ -636,7 +691,7 @@ impl Verifier {
         status
             .status
             .and_then(|s| s.metadata)
-            .map(|m| m.namespace)
+            .map(|m| (m.namespace, m.name))
             .ok_or_else(|| format!("the runtime reports no metadata for pod sandbox {id}"))
     }
 
@@ -653,26 +708,46 @@ impl Verifier {
         &self,
         req: &cri::CreateContainerRequest,
     ) -> Result<(Decision, Option<Bytes>), Status> {
+        let (result, facts) = self.create_decision(req).await;
+        result.map_err(|denial| denial.status(&facts.shown))
+    }
+
+    /// [`Verifier::check_create`], with what it found out about the pod for the decision line.
+    async fn create_decision(
+        &self,
+        req: &cri::CreateContainerRequest,
+    ) -> (Result<(Decision, Option<Bytes>), Denial>, CreateFacts) {
         let spec = req.config.as_ref().and_then(|c| c.image.as_ref());
         let (image, user) = spec
             .map(|s| (s.image.as_str(), s.user_specified_image.as_str()))
             .unwrap_or(("", ""));
-        let shown = if user.is_empty() { image } else { user };
-        let deny = |reason: String| Denial::new(reason).status(shown);
-        if image.is_empty() {
-            return Err(deny("the container config names no image".into()));
-        }
-        let namespace = self
-            .sandbox_namespace(&req.pod_sandbox_id)
-            .await
-            .map_err(deny)?;
-        let Some(found) = self.image_status(image).await.map_err(deny)? else {
-            return Err(deny(format!("the runtime has no image {image}")));
+        let mut facts = CreateFacts {
+            shown: if user.is_empty() { image } else { user }.to_string(),
+            ..CreateFacts::default()
         };
-        let d = self
-            .check_held(&found, &[user, image], &namespace)
+        if image.is_empty() {
+            let why = "the container config names no image";
+            return (Err(Denial::of(ReasonClass::InvalidRequest, why)), facts);
+        }
+        match self.sandbox_namespace(&req.pod_sandbox_id).await {
+            Ok((namespace, pod)) => (facts.namespace, facts.pod) = (namespace, pod),
+            Err(why) => return (Err(Denial::of(ReasonClass::Runtime, why)), facts),
+        }
+        let found = match self.image_status(image).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let why = format!("the runtime has no image {image}");
+                return (Err(Denial::of(ReasonClass::Runtime, why)), facts);
+            }
+            Err(why) => return (Err(Denial::of(ReasonClass::Runtime, why)), facts),
+        };
+        let d = match self
+            .check_held(&found, &[user, image], &facts.namespace)
             .await
-            .map_err(deny)?;
+        {
+            Ok(d) => d,
+            Err(denial) => return (Err(denial), facts),
+        };
         let pin = (image != found.id).then(|| {
             cri::CreateContainerRequest {
                 config: Some(cri::ContainerConfig {
@@ -687,7 +762,21 @@ impl Verifier {
             .encode_to_vec()
             .into()
         });
-        Ok((d, pin))
+        (Ok((d, pin)), facts)
+    }
+
+    /// Decides on an image the runtime holds (an entry of its ListImages) as CreateContainer
+    /// would for a pod in `namespace` that names it by its first tag; `Err` is the denial's
+    /// reason.
+    pub async fn check_stored(
+        &self,
+        image: &cri::Image,
+        namespace: &str,
+    ) -> Result<Decision, String> {
+        let names: Vec<&str> = image.repo_tags.iter().map(String::as_str).collect();
+        self.check_held(image, &names, namespace)
+            .await
+            .map_err(|d| d.reason)
     }
 
     /// Decides on an image the runtime holds, for a pod in `namespace`.
@@ -703,7 +792,7 @@ impl Verifier {
         found: &cri::Image,
         names: &[&str],
         namespace: &str,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, Denial> {
         let named = names
             .iter()
             .filter(|n| !n.is_empty() && !n.starts_with("sha256:"))
@@ -744,9 +833,10 @@ impl Verifier {
                     });
                 }
             }
-            return Err(no_digest(&found.id));
+            return Err(Denial::of(ReasonClass::NoDigest, no_digest(&found.id)));
         }
         let mut reasons = Vec::new();
+        let mut class = ReasonClass::Other;
         for (repo, digest) in &digests {
             let rule_ref = match &named {
                 Some(n) if Normal::of(n).repository() == Normal::of(repo).repository() => n.clone(),
@@ -759,11 +849,15 @@ impl Verifier {
             if d.allowed {
                 return Ok(d);
             }
+            class = d.class();
             reasons.push(format!("{}@{digest}: {}", repository_of(repo), d.reason()));
         }
-        Err(format!(
-            "no digest of this image passes the policy: {}",
-            reasons.join("; ")
+        Err(Denial::of(
+            class,
+            format!(
+                "no digest of this image passes the policy: {}",
+                reasons.join("; ")
+            ),
         ))
     }
 
@@ -818,12 +912,12 @@ impl Verifier {
         let name = self.sandbox_images().await.ok()?.into_iter().next()?;
         if let Ok(Some(found)) = self.image_status(&name).await {
             let d = self.check_held(&found, &[&name], "").await;
-            return Some(d.unwrap_or_else(|reason| Decision {
+            return Some(d.unwrap_or_else(|denial| Decision {
                 image: name.clone(),
                 digest: None,
                 rule: "(none)".into(),
                 mode: Mode::Enforce,
-                outcome: Some(Outcome::Denied(Denial::new(reason))),
+                outcome: Some(Outcome::Denied(denial)),
                 cached: false,
                 allowed: false,
             }));
@@ -844,60 +938,66 @@ impl Verifier {
             .and_then(|c| c.metadata.as_ref())
             .map(|m| m.namespace.clone())
             .unwrap_or_default();
-        let mode = self.current().policy.sandbox.mode;
-        let result = self.sandbox_decision(&namespace).await;
-        match (result, mode) {
-            (Ok(()), _) => Ok(()),
-            (Err(status), SandboxMode::Warn) => {
-                warn!(namespace = %Text(&namespace), reason = %Text(&status.message),
-                    "sandbox image fails the policy; running the sandbox anyway ([sandbox] mode = \"warn\")");
-                Ok(())
-            }
-            (Err(status), SandboxMode::Enforce) => Err(status),
+        match self.sandbox_decision(&namespace).await {
+            Ok(_) => Ok(()),
+            Err((denial, image)) => match self.current().policy.sandbox.mode {
+                SandboxMode::Warn => Ok(()),
+                SandboxMode::Enforce => Err(denial.status(&image)),
+            },
         }
     }
 
-    async fn sandbox_decision(&self, namespace: &str) -> Result<(), Status> {
+    /// The sandbox image's decision (the last one, if the runtime names several), or the
+    /// denial and the image it is about.
+    async fn sandbox_decision(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<Decision>, (Denial, String)> {
+        let unknown = "(sandbox image)".to_string();
         let names = self.sandbox_images().await.map_err(|e| {
-            Denial::new(format!(
-                "cannot tell which sandbox image the runtime uses: {e}"
-            ))
-            .status("(sandbox image)")
+            let why = format!("cannot tell which sandbox image the runtime uses: {e}");
+            (Denial::of(ReasonClass::Runtime, why), unknown.clone())
         })?;
         if names.is_empty() {
-            return Err(Denial::new(
-                "cannot tell which sandbox image the runtime uses: it does not report it before \
-                 pulling it (containerd 2.x); set `[sandbox] image` in the policy to the runtime's \
-                 sandbox image (containerd 2.x: pinned_images.sandbox of the \
-                 io.containerd.cri.v1.images plugin)",
-            )
-            .status("(sandbox image)"));
+            return Err((
+                Denial::of(
+                    ReasonClass::Runtime,
+                    "cannot tell which sandbox image the runtime uses: it does not report it before \
+                     pulling it (containerd 2.x); set `[sandbox] image` in the policy to the runtime's \
+                     sandbox image (containerd 2.x: pinned_images.sandbox of the \
+                     io.containerd.cri.v1.images plugin)",
+                ),
+                unknown,
+            ));
         }
+        let mut last = None;
         for name in &names {
-            let deny = |reason: String| Denial::new(reason).status(name);
+            let deny = |reason: String| (Denial::of(ReasonClass::Runtime, reason), name.clone());
             if let Some(found) = self.image_status(name).await.map_err(deny)? {
                 let d = self
                     .check_held(&found, &[name], namespace)
                     .await
-                    .map_err(deny)?;
-                info!(image = %Text(name), namespace = %Text(namespace), rule = %d.rule,
-                      reason = %Text(&d.reason()), "sandbox image allowed");
+                    .map_err(|d| (d, name.clone()))?;
+                last = Some(d);
                 continue;
             }
             // Not on the node yet: decide on what the registry has, then pull it ourselves
             // and confirm what the runtime stored.
-            let reference = reference::parse(name)
-                .map_err(|e| deny(format!("not a valid image reference: {e}")))?;
+            let reference = reference::parse(name).map_err(|e| {
+                let why = format!("not a valid image reference: {e}");
+                (Denial::of(ReasonClass::InvalidRequest, why), name.clone())
+            })?;
             let auth = self.auth_for(reference.registry());
             let d = self.check_image(name, namespace, &auth).await;
             if !d.allowed {
                 return Err(match &d.outcome {
-                    Some(Outcome::Denied(denial)) => denial.status(name),
-                    _ => deny(d.reason()),
+                    Some(Outcome::Denied(denial)) => (denial.clone(), name.clone()),
+                    _ => (Denial::new(d.reason()), name.clone()),
                 });
             }
             let (Some(digest), Some(Outcome::Verified { .. })) = (&d.digest, &d.outcome) else {
                 // skip or audit: the runtime may pull it itself.
+                last = Some(d);
                 continue;
             };
             let Some(mut images) = self.images() else {
@@ -928,10 +1028,11 @@ impl Verifier {
                     digest.clone(),
                     pulled,
                 )
-                .await?;
-            info!(image = %Text(name), digest = %digest, "sandbox image verified and pulled");
+                .await
+                .map_err(|denial| (denial, name.clone()))?;
+            last = Some(d);
         }
-        Ok(())
+        Ok(last)
     }
 
     /// After an allowed pull: the digests containerd recorded for this repository must include a
@@ -943,7 +1044,7 @@ impl Verifier {
         auth: Auth,
         verified: String,
         pulled: cri::PullImageResponse,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Denial> {
         let image = reference.whole();
         let Some(mut client) = self.images() else {
             return Ok(());
@@ -1004,8 +1105,40 @@ impl Verifier {
             .remove_image(cri::RemoveImageRequest { image: spec })
             .await;
         warn!(image = %Text(&image), stored = ?stored, removed = removed.is_ok(), "pulled digest not verified; image removed");
-        Err(Denial::new(why).status(&image))
+        Err(Denial::of(ReasonClass::TagMoved, why))
     }
+}
+
+/// How a policy says registries are reached (hosts.toml, plain HTTP, timeouts, token hosts):
+/// what the verifier's registry client uses, and `cri-guard audit` to list registries.
+pub fn registry_config(policy: &Policy) -> RegistryConfig {
+    RegistryConfig {
+        hosts_dir: policy.hosts_dir.clone(),
+        insecure: policy
+            .registries
+            .iter()
+            .filter(|(_, s)| s.insecure)
+            .map(|(n, _)| n.clone())
+            .collect(),
+        timeout: policy.fetch.timeout,
+        max_manifest_size: policy.fetch.max_manifest_size,
+        token_hosts: policy
+            .registries
+            .iter()
+            .filter(|(_, s)| !s.token_hosts.is_empty())
+            .map(|(n, s)| (n.clone(), s.token_hosts.clone()))
+            .collect(),
+    }
+}
+
+/// What a create decision learnt about the call, for its decision line.
+#[derive(Debug, Default)]
+struct CreateFacts {
+    /// The image as the request names it (the name it was asked for, else the id).
+    shown: String,
+    /// The pod's namespace and name, as the runtime recorded them.
+    namespace: String,
+    pod: String,
 }
 
 /// Whether the runtime holds name `r` for image `found`.
@@ -1022,15 +1155,18 @@ fn holds(found: &cri::Image, r: &Reference) -> bool {
 }
 
 fn no_rule(namespace: &str, mode: Mode) -> Denial {
-    Denial::new(format!(
-        "no policy rule matches this image{} (policy default: {})",
-        if namespace.is_empty() {
-            String::new()
-        } else {
-            format!(" in namespace {namespace}")
-        },
-        mode.as_str()
-    ))
+    Denial::of(
+        ReasonClass::NoRule,
+        format!(
+            "no policy rule matches this image{} (policy default: {})",
+            if namespace.is_empty() {
+                String::new()
+            } else {
+                format!(" in namespace {namespace}")
+            },
+            mode.as_str()
+        ),
+    )
 }
 
 fn no_digest(id: &str) -> String {
@@ -1089,7 +1225,7 @@ async fn verify_image(
     let attestors =
         match verify_signatures(state, repo, reference, rule, digest, auth, &mut found).await {
             Ok(a) => a,
-            Err(denial) => return Outcome::Denied(denial),
+            Err(denial) => return Outcome::Denied(denial.in_stage(ReasonClass::BadSignature)),
         };
     if !needs_attestations {
         return Outcome::Verified {
@@ -1102,7 +1238,7 @@ async fn verify_image(
             attestors,
             attestations: findings.into(),
         },
-        Err(denial) => Outcome::Denied(denial),
+        Err(denial) => Outcome::Denied(denial.in_stage(ReasonClass::Attestation)),
     }
 }
 
@@ -1307,79 +1443,162 @@ fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
 impl Guard for Verifier {
     fn decide<'a>(&'a self, call: &'a Call) -> BoxFuture<'a, Verdict> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             match call {
-                Call::Pull(req) => self.decide_pull(req).await,
-                Call::Create(req) => self.decide_create(req).await,
-                Call::RunSandbox(req) => match self.check_sandbox(req).await {
-                    Ok(()) => Verdict::Forward,
-                    Err(status) => {
-                        info!(reason = %Text(&status.message), "sandbox decision: denied");
-                        Verdict::Deny(status)
-                    }
-                },
+                Call::Pull(req) => self.decide_pull(req, started).await,
+                Call::Create(req) => self.decide_create(req, started).await,
+                Call::RunSandbox(req) => self.decide_sandbox(req, started).await,
             }
         })
     }
 }
 
+/// The decision line of a [`Decision`] on a call.
+fn log_decision(
+    method: &'static str,
+    d: &Decision,
+    namespace: &str,
+    pod: &str,
+    started: std::time::Instant,
+) {
+    DecisionLog {
+        method,
+        image: &d.image,
+        digest: d.digest.as_deref().unwrap_or(""),
+        namespace,
+        pod,
+        rule: &d.rule,
+        mode: d.mode.as_str(),
+        verdict: d.verdict(),
+        class: d.class(),
+        reason: &d.reason(),
+        cached: d.cached,
+        duration: started.elapsed(),
+    }
+    .emit();
+}
+
+/// The decision line of a refusal that no rule decided (the request or the runtime's answer
+/// did not get that far).
+fn log_refusal(
+    method: &'static str,
+    image: &str,
+    denial: &Denial,
+    namespace: &str,
+    pod: &str,
+    started: std::time::Instant,
+) {
+    DecisionLog {
+        method,
+        image,
+        digest: "",
+        namespace,
+        pod,
+        rule: "(none)",
+        mode: "",
+        verdict: metrics::Verdict::Deny,
+        class: denial.class,
+        reason: &denial.reason,
+        cached: false,
+        duration: started.elapsed(),
+    }
+    .emit();
+}
+
+/// The pod's name and namespace a request's sandbox config claims.
+fn claimed_pod(config: Option<&cri::PodSandboxConfig>) -> (&str, &str) {
+    config
+        .and_then(|c| c.metadata.as_ref())
+        .map(|m| (m.namespace.as_str(), m.name.as_str()))
+        .unwrap_or(("", ""))
+}
+
 impl Verifier {
-    async fn decide_create(&self, req: &cri::CreateContainerRequest) -> Verdict {
-        match self.check_create(req).await {
-            Ok((d, pin)) => {
-                if matches!(d.outcome, Some(Outcome::Denied(_))) {
-                    warn!(image = %Text(&d.image), rule = %d.rule, reason = %Text(&d.reason()),
-                          "audit: would have denied this container");
+    async fn decide_sandbox(
+        &self,
+        req: &cri::RunPodSandboxRequest,
+        started: std::time::Instant,
+    ) -> Verdict {
+        const METHOD: &str = "RunPodSandbox";
+        let (namespace, pod) = claimed_pod(req.config.as_ref());
+        match self.sandbox_decision(namespace).await {
+            Ok(Some(d)) => {
+                log_decision(METHOD, &d, namespace, pod, started);
+                Verdict::Forward
+            }
+            Ok(None) => Verdict::Forward,
+            Err((denial, image)) => {
+                if self.current().policy.sandbox.mode == SandboxMode::Warn {
+                    // `[sandbox] mode = "warn"`: logged like an audit rule's would-be denial.
+                    DecisionLog {
+                        method: METHOD,
+                        image: &image,
+                        digest: "",
+                        namespace,
+                        pod,
+                        rule: "[sandbox]",
+                        mode: "warn",
+                        verdict: metrics::Verdict::WouldDeny,
+                        class: denial.class,
+                        reason: &denial.reason,
+                        cached: false,
+                        duration: started.elapsed(),
+                    }
+                    .emit();
+                    return Verdict::Forward;
                 }
-                info!(image = %Text(&d.image), digest = d.digest.as_deref().unwrap_or(""),
-                      rule = %d.rule, cached = d.cached, pinned = pin.is_some(),
-                      reason = %Text(&d.reason()), "create decision: allowed");
+                log_refusal(METHOD, &image, &denial, namespace, pod, started);
+                Verdict::Deny(denial.status(&image))
+            }
+        }
+    }
+
+    async fn decide_create(
+        &self,
+        req: &cri::CreateContainerRequest,
+        started: std::time::Instant,
+    ) -> Verdict {
+        const METHOD: &str = "CreateContainer";
+        let (result, facts) = self.create_decision(req).await;
+        match result {
+            Ok((d, pin)) => {
+                log_decision(METHOD, &d, &facts.namespace, &facts.pod, started);
                 match pin {
                     Some(field) => Verdict::ForwardAppended(field),
                     None => Verdict::Forward,
                 }
             }
-            Err(status) => {
-                info!(reason = %Text(&status.message), "create decision: denied");
-                Verdict::Deny(status)
+            Err(denial) => {
+                log_refusal(
+                    METHOD,
+                    &facts.shown,
+                    &denial,
+                    &facts.namespace,
+                    &facts.pod,
+                    started,
+                );
+                Verdict::Deny(denial.status(&facts.shown))
             }
         }
     }
 
-    async fn decide_pull(&self, req: &cri::PullImageRequest) -> Verdict {
+    async fn decide_pull(
+        &self,
+        req: &cri::PullImageRequest,
+        started: std::time::Instant,
+    ) -> Verdict {
+        const METHOD: &str = "PullImage";
         let image = req.image.as_ref().map(|s| s.image.as_str()).unwrap_or("");
         // The namespace a pull claims is the kubelet's word (no sandbox the runtime knows yet):
         // it decides what may enter the store, never what runs (see docs/threat-model.md).
-        let namespace = req
-            .sandbox_config
-            .as_ref()
-            .and_then(|s| s.metadata.as_ref())
-            .map(|m| m.namespace.as_str())
-            .unwrap_or("");
+        let (namespace, pod) = claimed_pod(req.sandbox_config.as_ref());
         let auth = Auth::from_cri(req.auth.as_ref());
         let d = self.check_image(image, namespace, &auth).await;
-        let (hits, misses, runs) = self.stats();
-        info!(
-            image = %Text(image),
-            namespace = %Text(namespace),
-            digest = d.digest.as_deref().unwrap_or(""),
-            rule = %d.rule,
-            mode = d.mode.as_str(),
-            allowed = d.allowed,
-            cached = d.cached,
-            reason = %Text(&d.reason()),
-            cache_hits = hits,
-            cache_misses = misses,
-            verifications = runs,
-            "pull decision"
-        );
+        log_decision(METHOD, &d, namespace, pod, started);
         match (&d.outcome, d.allowed) {
             (Some(Outcome::Denied(denial)), false) => Verdict::Deny(denial.status(image)),
             (_, false) => Verdict::Deny(Denial::new(d.reason()).status(image)),
-            (Some(Outcome::Denied(_)), true) => {
-                warn!(image = %Text(image), namespace = %Text(namespace), rule = %d.rule,
-                      reason = %Text(&d.reason()), "audit: would have denied this pull");
-                Verdict::Forward
-            }
+            (Some(Outcome::Denied(_)), true) => Verdict::Forward,
             (Some(Outcome::Verified { .. }), true) => {
                 let (Some(digest), Ok(reference)) = (d.digest.clone(), reference::parse(image))
                 else {
@@ -1389,12 +1608,76 @@ impl Verifier {
                 };
                 self.remember(reference.registry(), &auth);
                 let this = self.clone();
-                let namespace = namespace.to_string();
+                let (namespace, pod) = (namespace.to_string(), pod.to_string());
+                let image = image.to_string();
                 Verdict::ForwardThen(Box::new(move |pulled| {
-                    Box::pin(this.confirm_pull(reference, namespace, auth, digest, pulled))
+                    Box::pin(async move {
+                        let r = this
+                            .confirm_pull(reference, namespace.clone(), auth, digest, pulled)
+                            .await;
+                        r.map_err(|denial| {
+                            // The pull's verdict changed: a second line says so.
+                            log_refusal(METHOD, &image, &denial, &namespace, &pod, started);
+                            denial.status(&image)
+                        })
+                    })
                 }))
             }
             (None, true) => Verdict::Forward,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Denials are classed by where they arise: a registry failure keeps its class whatever
+    /// stage it came from; in the signature stage, nothing found is `unsigned` and anything else
+    /// `bad_signature`; in the attestation stage, `attestation`.
+    #[test]
+    fn denial_classes() {
+        let sig = |reason: &str| {
+            Denial::new(reason)
+                .in_stage(ReasonClass::BadSignature)
+                .class
+        };
+        assert_eq!(
+            sig("no signature found (nothing at r/x:sha256-a.sig)"),
+            ReasonClass::Unsigned
+        );
+        assert_eq!(
+            sig("no cosign signature layer at r/x"),
+            ReasonClass::Unsigned
+        );
+        assert_eq!(
+            sig("no valid signature: wrong key"),
+            ReasonClass::BadSignature
+        );
+        assert_eq!(
+            sig("signed by 1 of the 2 required attestors"),
+            ReasonClass::BadSignature
+        );
+        let down = RegistryError::Unreachable {
+            url: "http://r/v2/".into(),
+            reason: "refused".into(),
+        };
+        let d = Denial::registry(&down, "cannot fetch").in_stage(ReasonClass::Attestation);
+        assert_eq!(d.class, ReasonClass::RegistryUnavailable);
+        let bad = RegistryError::Status {
+            url: "http://r/v2/".into(),
+            status: 403,
+        };
+        assert_eq!(
+            Denial::registry(&bad, "x").class,
+            ReasonClass::RegistryError
+        );
+        assert_eq!(
+            Denial::new("missing attestation x")
+                .in_stage(ReasonClass::Attestation)
+                .class,
+            ReasonClass::Attestation
+        );
+        assert_eq!(no_rule("ns", Mode::Enforce).class, ReasonClass::NoRule);
     }
 }

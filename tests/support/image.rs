@@ -151,6 +151,46 @@ pub fn layout_tag(variant: Option<&str>) -> String {
     tag
 }
 
+/// An OCI archive (for `ctr image import`) holding only the layout tag of `variant` (made on
+/// first use): an image no registry has, e.g. one built or imported on the node.
+pub fn archive(variant: &str, dest: &Path) -> PathBuf {
+    archive_of_tag(&layout_tag(Some(variant)), dest)
+}
+
+/// An OCI archive holding only layout tag `tag` (`base`, `pause`, `v<hex>`). Its index is
+/// read under the layout's lock, so a variant being added at the same time cannot tear it.
+pub fn archive_of_tag(tag: &str, dest: &Path) -> PathBuf {
+    let tag = tag.to_string();
+    let l = layout();
+    let index = {
+        let _guard = l.tags.lock().unwrap_or_else(|e| e.into_inner());
+        read_json(&l.dir.join("oci/index.json"))
+    };
+    let desc = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag.as_str())
+        .unwrap_or_else(|| panic!("tag {tag} not in the OCI layout"))
+        .clone();
+    let work = dest.with_extension("layout");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(l.dir.join("oci/oci-layout"), work.join("oci-layout")).unwrap();
+    let one = serde_json::json!({ "schemaVersion": 2, "manifests": [desc] });
+    std::fs::write(work.join("index.json"), one.to_string()).unwrap();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(dest)
+        .arg("-C")
+        .arg(&work)
+        .args(["oci-layout", "index.json"])
+        .arg("-C")
+        .arg(l.dir.join("oci"))
+        .arg("blobs"));
+    let _ = std::fs::remove_dir_all(&work);
+    dest.to_path_buf()
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -1,5 +1,5 @@
 //! Where the test tools that are not on the system's PATH live: cosign 3, crane, the referrers
-//! registry launcher (`refreg`) and containerd 2.1, all under one prefix that
+//! registry launcher (`refreg`), containerd 2.1 and promtool, all under one prefix that
 //! `scripts/install-deps.sh` fills. The prefix is `$CRI_GUARD_TESTTOOLS`, else
 //! `/opt/cri-guard-testtools`; nothing here changes the PATH of anything but the children we start.
 
@@ -44,6 +44,11 @@ pub fn crane() -> PathBuf {
 /// go-containerregistry's registry with the referrers API (`tools/refreg/main.go`).
 pub fn refreg() -> PathBuf {
     require("bin/refreg")
+}
+
+/// promtool (from Debian bookworm's prometheus package): checks rule files, lints expositions.
+pub fn promtool() -> PathBuf {
+    require("bin/promtool")
 }
 
 /// The directory with containerd 2.1's `containerd`, `containerd-shim-runc-v2` and `ctr`.
