@@ -208,7 +208,11 @@ async fn grpcio_defaults_through_proxy_match_direct() {
 async fn grpcio_request_relayed_as_sent() {
     let bed = TestBed::start().await;
     let tap = fakes::tap::Tap::start(&bed.dir.path().join("tap.sock"), &bed.containerd_socket());
-    let proxy = TestProxy::start(&bed.dir.path().join("p.sock"), &tap.path, Arc::new(AllowAll));
+    let proxy = TestProxy::start(
+        &bed.dir.path().join("p.sock"),
+        &tap.path,
+        Arc::new(AllowAll),
+    );
     let mut c = call(
         "/runtime.v1.RuntimeService/Version",
         cri::VersionRequest {
@@ -239,7 +243,10 @@ async fn grpcio_request_relayed_as_sent() {
         .trim_start_matches('/')
         .replace('/', "%2F");
     for h in &heads {
-        assert_eq!(h.field(":path"), Some(&b"/runtime.v1.RuntimeService/Version"[..]));
+        assert_eq!(
+            h.field(":path"),
+            Some(&b"/runtime.v1.RuntimeService/Version"[..])
+        );
         assert_eq!(h.field("x-agent"), Some(&b"probe-7"[..]));
         assert_eq!(h.field("te"), Some(&b"trailers"[..]));
         assert!(h.field("user-agent").unwrap().starts_with(b"grpc-python/"));

@@ -45,7 +45,9 @@ struct DenyAll;
 
 impl Guard for DenyAll {
     fn decide<'a>(&'a self, _call: &'a Call) -> BoxFuture<'a, Verdict> {
-        Box::pin(async { Verdict::Deny(Status::new(Code::Unknown, "SignatureValidationFailed: x")) })
+        Box::pin(async {
+            Verdict::Deny(Status::new(Code::Unknown, "SignatureValidationFailed: x"))
+        })
     }
 }
 
@@ -59,8 +61,10 @@ fn spec(image: &str) -> Option<cri::ImageSpec> {
 fn with_meta<T>(msg: T, i: usize) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     // Values that change per call: the client's encoder indexes them, evicting older entries.
-    r.metadata_mut()
-        .insert("x-call", format!("call-{i}-{}", "v".repeat(i % 97)).parse().unwrap());
+    r.metadata_mut().insert(
+        "x-call",
+        format!("call-{i}-{}", "v".repeat(i % 97)).parse().unwrap(),
+    );
     r.metadata_mut()
         .insert("x-kind", format!("k{}", i % 5).parse().unwrap());
     r
@@ -76,7 +80,11 @@ async fn mixed_calls_keep_hpack_in_step() {
     let bed = TestBed::start().await;
     let image = bed.push_image("mix", "v1");
     let tap = Tap::start(&bed.dir.path().join("tap.sock"), &bed.containerd_socket());
-    let proxy = TestProxy::start(&bed.dir.path().join("g.sock"), &tap.path, Arc::new(DenySome));
+    let proxy = TestProxy::start(
+        &bed.dir.path().join("g.sock"),
+        &tap.path,
+        Arc::new(DenySome),
+    );
     let direct = bed.containerd_socket();
     cri::image_client(&direct)
         .pull_image(cri::PullImageRequest {
@@ -103,25 +111,78 @@ async fn mixed_calls_keep_hpack_in_step() {
                 let dir: Result<Vec<u8>, (tonic::Code, String)>;
                 macro_rules! both {
                     ($c:ident, $d:ident, $m:ident, $req:expr) => {{
-                        via = $c.$m(with_meta($req, i)).await.map(|r| r.into_inner().encode_to_vec()).map_err(|s| (s.code(), s.message().to_string()));
-                        dir = $d.$m(with_meta($req, i)).await.map(|r| r.into_inner().encode_to_vec()).map_err(|s| (s.code(), s.message().to_string()));
-                    }};
-                }
-                match i % 8 {
-                    0 => both!(rt, rt_d, version, cri::VersionRequest { version: format!("v{i}") }),
-                    1 => both!(img, img_d, image_status, cri::ImageStatusRequest { image: spec(&image), verbose: false }),
-                    2 => both!(img, img_d, list_images, cri::ListImagesRequest::default()),
-                    3 => both!(rt, rt_d, list_containers, cri::ListContainersRequest::default()),
-                    4 => both!(rt, rt_d, container_status, cri::ContainerStatusRequest { container_id: format!("nope-{i}"), verbose: false }),
-                    5 => {
-                        via = img
-                            .pull_image(with_meta(cri::PullImageRequest { image: spec(&denied), ..Default::default() }, i))
+                        via = $c
+                            .$m(with_meta($req, i))
                             .await
                             .map(|r| r.into_inner().encode_to_vec())
                             .map_err(|s| (s.code(), s.message().to_string()));
-                        dir = Err((tonic::Code::Unknown, format!("SignatureValidationFailed: {denied}: test")));
+                        dir = $d
+                            .$m(with_meta($req, i))
+                            .await
+                            .map(|r| r.into_inner().encode_to_vec())
+                            .map_err(|s| (s.code(), s.message().to_string()));
+                    }};
+                }
+                match i % 8 {
+                    0 => both!(
+                        rt,
+                        rt_d,
+                        version,
+                        cri::VersionRequest {
+                            version: format!("v{i}")
+                        }
+                    ),
+                    1 => both!(
+                        img,
+                        img_d,
+                        image_status,
+                        cri::ImageStatusRequest {
+                            image: spec(&image),
+                            verbose: false
+                        }
+                    ),
+                    2 => both!(img, img_d, list_images, cri::ListImagesRequest::default()),
+                    3 => both!(
+                        rt,
+                        rt_d,
+                        list_containers,
+                        cri::ListContainersRequest::default()
+                    ),
+                    4 => both!(
+                        rt,
+                        rt_d,
+                        container_status,
+                        cri::ContainerStatusRequest {
+                            container_id: format!("nope-{i}"),
+                            verbose: false
+                        }
+                    ),
+                    5 => {
+                        via = img
+                            .pull_image(with_meta(
+                                cri::PullImageRequest {
+                                    image: spec(&denied),
+                                    ..Default::default()
+                                },
+                                i,
+                            ))
+                            .await
+                            .map(|r| r.into_inner().encode_to_vec())
+                            .map_err(|s| (s.code(), s.message().to_string()));
+                        dir = Err((
+                            tonic::Code::Unknown,
+                            format!("SignatureValidationFailed: {denied}: test"),
+                        ));
                     }
-                    6 if i % 48 == 6 => both!(img, img_d, pull_image, cri::PullImageRequest { image: spec(&image), ..Default::default() }),
+                    6 if i % 48 == 6 => both!(
+                        img,
+                        img_d,
+                        pull_image,
+                        cri::PullImageRequest {
+                            image: spec(&image),
+                            ..Default::default()
+                        }
+                    ),
                     _ => both!(rt, rt_d, status, cri::StatusRequest { verbose: false }),
                 }
                 (i, via, dir)
@@ -143,7 +204,8 @@ async fn mixed_calls_keep_hpack_in_step() {
         for f in up.iter().filter(|f| f.kind == 1) {
             heads += 1;
             assert!(
-                f.field(":path").is_some_and(|p| p.starts_with(b"/runtime.v1.")),
+                f.field(":path")
+                    .is_some_and(|p| p.starts_with(b"/runtime.v1.")),
                 "{f:?}"
             );
             let path = f.field(":path").unwrap();
@@ -216,7 +278,9 @@ async fn client_resets_mid_response() {
     let dir = sock_dir();
     let up = RawUpstream::start(&dir.path().join("up.sock"), |_, b| {
         let mut r = echo("", b);
-        r.frames = (0..40).map(|i| Bytes::from(vec![i as u8; 50_000])).collect();
+        r.frames = (0..40)
+            .map(|i| Bytes::from(vec![i as u8; 50_000]))
+            .collect();
         r
     });
     let proxy = TestProxy::start(&dir.path().join("p.sock"), &up.path, Arc::new(AllowAll));
@@ -227,10 +291,11 @@ async fn client_resets_mid_response() {
         let mut bodies = Vec::new();
         for _ in 0..5 {
             let mut send = send.clone().ready().await.unwrap();
-            let req = http::Request::post("http://localhost/runtime.v1.RuntimeService/ListContainers")
-                .header("content-type", "application/grpc")
-                .body(())
-                .unwrap();
+            let req =
+                http::Request::post("http://localhost/runtime.v1.RuntimeService/ListContainers")
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap();
             let (resp, mut tx) = send.send_request(req, false).unwrap();
             tx.send_data(frame(b""), true).unwrap();
             bodies.push(resp);
@@ -244,11 +309,12 @@ async fn client_resets_mid_response() {
         // Whole answers after the resets, on the same connection.
         for i in 0..4 {
             let mut send = send.clone().ready().await.unwrap();
-            let req = http::Request::post("http://localhost/runtime.v1.RuntimeService/ListContainers")
-                .header("content-type", "application/grpc")
-                .header("x-round", format!("{round}-{i}"))
-                .body(())
-                .unwrap();
+            let req =
+                http::Request::post("http://localhost/runtime.v1.RuntimeService/ListContainers")
+                    .header("content-type", "application/grpc")
+                    .header("x-round", format!("{round}-{i}"))
+                    .body(())
+                    .unwrap();
             let (resp, mut tx) = send.send_request(req, false).unwrap();
             tx.send_data(frame(b""), true).unwrap();
             let mut body = resp.await.unwrap().into_body();
@@ -340,8 +406,10 @@ async fn settings_change_mid_connection() {
     let up = RawUpstream::start(&dir.path().join("up.sock"), |_, b| {
         let mut r = echo("", b);
         r.frames = vec![Bytes::from(vec![7u8; 200_000])];
-        r.trailers
-            .insert("x-n", HeaderValue::from_str(&format!("{}", b.len())).unwrap());
+        r.trailers.insert(
+            "x-n",
+            HeaderValue::from_str(&format!("{}", b.len())).unwrap(),
+        );
         r
     });
     let tap = Tap::start(&dir.path().join("tap.sock"), &up.path);
@@ -359,7 +427,11 @@ async fn settings_change_mid_connection() {
             let resp = c
                 .call("/runtime.v1.RuntimeService/ListContainers", &body, &[])
                 .await;
-            assert_eq!(resp.status().as_deref(), Some("0"), "round {round} call {i}");
+            assert_eq!(
+                resp.status().as_deref(),
+                Some("0"),
+                "round {round} call {i}"
+            );
             assert_eq!(resp.data.len(), 200_000);
         }
         let mut p = Vec::new();
@@ -377,7 +449,12 @@ async fn settings_change_mid_connection() {
         .flat_map(|f| {
             f.payload
                 .chunks(6)
-                .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes(p[2..6].try_into().unwrap())))
+                .map(|p| {
+                    (
+                        u16::from_be_bytes([p[0], p[1]]),
+                        u32::from_be_bytes(p[2..6].try_into().unwrap()),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -402,20 +479,31 @@ async fn ping_and_client_goaway_relayed() {
     c.send(&frame_bytes(6, 0, 0, b"cri-ping")).await;
     let mut acked = false;
     for _ in 0..50 {
-        if c.seen.iter().any(|f| f.kind == 6 && f.flags & 1 != 0 && f.payload == b"cri-ping") {
+        if c.seen
+            .iter()
+            .any(|f| f.kind == 6 && f.flags & 1 != 0 && f.payload == b"cri-ping")
+        {
             acked = true;
             break;
         }
         c.read_some(Duration::from_millis(100)).await;
     }
     assert!(acked, "no PING ack");
-    c.send(&frame_bytes(7, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0])).await;
+    c.send(&frame_bytes(7, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let up_frames = tap::frames(&tap.recordings()[0].up, true).unwrap();
-    assert!(up_frames.iter().any(|f| f.kind == 6 && f.flags & 1 == 0 && f.payload == b"cri-ping"));
+    assert!(
+        up_frames
+            .iter()
+            .any(|f| f.kind == 6 && f.flags & 1 == 0 && f.payload == b"cri-ping")
+    );
     assert!(up_frames.iter().any(|f| f.kind == 7));
     let down = tap::frames(&tap.recordings()[0].down, false).unwrap();
-    assert!(down.iter().any(|f| f.kind == 6 && f.flags & 1 != 0 && f.payload == b"cri-ping"));
+    assert!(
+        down.iter()
+            .any(|f| f.kind == 6 && f.flags & 1 != 0 && f.payload == b"cri-ping")
+    );
 }
 
 /// The runtime goes away gracefully (GOAWAY) with a kept call in progress: the GOAWAY reaches
@@ -444,7 +532,13 @@ async fn runtime_goaway_relayed() {
                         )
                         .unwrap();
                     tx.send_data(
-                        frame(&cri::VersionResponse { runtime_name: "fake".into(), ..Default::default() }.encode_to_vec()),
+                        frame(
+                            &cri::VersionResponse {
+                                runtime_name: "fake".into(),
+                                ..Default::default()
+                            }
+                            .encode_to_vec(),
+                        ),
                         false,
                     )
                     .unwrap();
@@ -466,7 +560,10 @@ async fn runtime_goaway_relayed() {
         fn decide<'a>(&'a self, _: &'a Call) -> BoxFuture<'a, Verdict> {
             Box::pin(async {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                Verdict::Deny(Status::new(Code::Unknown, "SignatureValidationFailed: slow"))
+                Verdict::Deny(Status::new(
+                    Code::Unknown,
+                    "SignatureValidationFailed: slow",
+                ))
             })
         }
     }
@@ -475,7 +572,13 @@ async fn runtime_goaway_relayed() {
     let kept = c
         .start_call(
             "/runtime.v1.ImageService/PullImage",
-            &frame(&cri::PullImageRequest { image: spec("x"), ..Default::default() }.encode_to_vec()),
+            &frame(
+                &cri::PullImageRequest {
+                    image: spec("x"),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
             &[],
         )
         .await;
@@ -498,7 +601,10 @@ async fn runtime_goaway_relayed() {
         .map(|f| u32::from_be_bytes(f.payload[..4].try_into().unwrap()))
         .collect();
     assert!(!goaways.is_empty(), "GOAWAY relayed");
-    assert!(goaways.iter().all(|l| *l >= kept), "{goaways:?} vs kept {kept}");
+    assert!(
+        goaways.iter().all(|l| *l >= kept),
+        "{goaways:?} vs kept {kept}"
+    );
     // A gRPC client reconnects by itself.
     let mut rt = cri::runtime_client(&proxy.path);
     for _ in 0..3 {
@@ -541,7 +647,8 @@ async fn thousand_containers_with_a_slow_reader() {
         let mut creating = Vec::new();
         for k in 0..8 {
             let mut rt = rt.clone();
-            let cfg = support::container_config(&format!("c{}", batch * 8 + k), &pulled, &["/bin/true"]);
+            let cfg =
+                support::container_config(&format!("c{}", batch * 8 + k), &pulled, &["/bin/true"]);
             let (pod, sandbox) = (pod.clone(), sandbox.clone());
             creating.push(tokio::spawn(async move {
                 rt.create_container(cri::CreateContainerRequest {
@@ -575,7 +682,10 @@ async fn thousand_containers_with_a_slow_reader() {
         .await
         .unwrap()
         .into_inner();
-    assert!(sorted(via) == want, "ListContainers through the proxy differs");
+    assert!(
+        sorted(via) == want,
+        "ListContainers through the proxy differs"
+    );
     // A slow reader: 16 KiB windows, credit given back a little at a time.
     let io = tokio::net::UnixStream::connect(&proxy.path).await.unwrap();
     let (send, conn) = h2::client::Builder::new()
@@ -592,8 +702,11 @@ async fn thousand_containers_with_a_slow_reader() {
         .body(())
         .unwrap();
     let (resp, mut tx) = send.send_request(req, false).unwrap();
-    tx.send_data(frame(&cri::ListContainersRequest::default().encode_to_vec()), true)
-        .unwrap();
+    tx.send_data(
+        frame(&cri::ListContainersRequest::default().encode_to_vec()),
+        true,
+    )
+    .unwrap();
     let mut body = resp.await.unwrap().into_body();
     let mut got = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -604,11 +717,18 @@ async fn thousand_containers_with_a_slow_reader() {
     }
     assert_eq!(body.trailers().await.unwrap().unwrap()["grpc-status"], "0");
     let decoded = cri::ListContainersResponse::decode(&got[5..]).unwrap();
-    assert!(sorted(decoded) == want, "slow reader's ListContainers differs");
-    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
-        .await
-        .unwrap();
-    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
-        .await
-        .unwrap();
+    assert!(
+        sorted(decoded) == want,
+        "slow reader's ListContainers differs"
+    );
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
 }

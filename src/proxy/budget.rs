@@ -119,7 +119,11 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        let counters = || (0..=KNOWN_METHODS.len()).map(|_| AtomicU64::new(0)).collect();
+        let counters = || {
+            (0..=KNOWN_METHODS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        };
         Stats {
             budget: None,
             unknown_tracked: AtomicUsize::new(0),
@@ -158,13 +162,17 @@ impl Stats {
     /// Calls for the runtime by method index ([`method_index`]): relayed calls, and intercepted
     /// calls that were forwarded. Calls cri-guard refused itself are not counted here.
     pub fn relayed_calls(&self, method: usize) -> u64 {
-        self.relayed.get(method).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.relayed
+            .get(method)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Of [`Stats::relayed_calls`], those that ended without grpc-status 0: an error status, a
     /// reset (either side), or the runtime gone or unreachable.
     pub fn relay_errors(&self, method: usize) -> u64 {
-        self.errors.get(method).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.errors
+            .get(method)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Connections to the runtime opened (relayed and intercepted calls alike).

@@ -146,10 +146,13 @@ pub(crate) fn unreachable(shared: &Shared, e: &dyn std::fmt::Display) -> Status 
 
 /// Opens a unix connection to the runtime, within the connect timeout.
 pub(crate) async fn connect_socket(shared: Arc<Shared>) -> Result<UnixStream, Status> {
-    tokio::time::timeout(shared.connect_timeout, UnixStream::connect(&shared.upstream))
-        .await
-        .map_err(|_| unreachable(&shared, &"connect timed out"))?
-        .map_err(|e| unreachable(&shared, &e))
+    tokio::time::timeout(
+        shared.connect_timeout,
+        UnixStream::connect(&shared.upstream),
+    )
+    .await
+    .map_err(|_| unreachable(&shared, &"connect timed out"))?
+    .map_err(|e| unreachable(&shared, &e))
 }
 
 /// An HTTP/2 client connection to the runtime for kept calls; its driver runs in a task.

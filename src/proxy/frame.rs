@@ -152,7 +152,10 @@ pub(crate) fn headers_fragment(head: &Head, payload: &[u8]) -> Result<(usize, us
     let (mut start, end) = unpad(head, payload)?;
     if head.has(PRIORITY_FLAG) {
         if end - start < 5 {
-            return Err(conn_err(Reason::FrameSize, "HEADERS too short for its priority"));
+            return Err(conn_err(
+                Reason::FrameSize,
+                "HEADERS too short for its priority",
+            ));
         }
         start += 5;
     }
@@ -165,7 +168,10 @@ pub(crate) fn unpad(head: &Head, payload: &[u8]) -> Result<(usize, usize), ConnE
         return Ok((0, payload.len()));
     }
     let Some(&pad) = payload.first() else {
-        return Err(conn_err(Reason::FrameSize, "padded frame without a pad length"));
+        return Err(conn_err(
+            Reason::FrameSize,
+            "padded frame without a pad length",
+        ));
     };
     let end = payload
         .len()
@@ -312,6 +318,9 @@ mod tests {
         assert!(check(&head(4, WINDOW_UPDATE, 0, 0), &[0, 0, 0, 1]).is_ok());
         assert!(check(&head(7, GOAWAY, 0, 0), &[0; 7]).is_err());
         assert!(check(&head(4, PRIORITY, 0, 1), &[0; 4]).is_err());
-        assert!(check(&head(3, 0xfa, 0, 1), &[0; 3]).is_ok(), "unknown types pass");
+        assert!(
+            check(&head(3, 0xfa, 0, 1), &[0; 3]).is_ok(),
+            "unknown types pass"
+        );
     }
 }

@@ -223,4 +223,3 @@ pub(crate) async fn exchange_confirmed(
         trailers,
     }
 }
-

@@ -411,16 +411,13 @@ impl Relay {
             stop,
             draining: false,
             goaway_sent: None,
-        closing: false,
+            closing: false,
         };
         // The server preface: cri-guard's own SETTINGS, at once (the runtime's follow, relayed).
         f::put_settings(
             &mut relay.cout.data,
             &[
-                (
-                    f::SETTINGS_MAX_CONCURRENT_STREAMS,
-                    relay.shared.max_streams,
-                ),
+                (f::SETTINGS_MAX_CONCURRENT_STREAMS, relay.shared.max_streams),
                 (f::SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
             ],
         );
@@ -558,9 +555,8 @@ impl Relay {
     // ---- the runtime connection ----
 
     fn connected(&mut self, r: Result<UnixStream, Status>) {
-        let sock = r.and_then(|io| {
-            Socket::new(io).map_err(|e| conn::unreachable(&self.shared, &e))
-        });
+        let sock =
+            r.and_then(|io| Socket::new(io).map_err(|e| conn::unreachable(&self.shared, &e)));
         match sock {
             Ok(sock) => {
                 self.shared.stats.count_connect(true);
@@ -623,7 +619,10 @@ impl Relay {
             return;
         }
         self.shared.stats.count_lost();
-        debug!(what, "runtime connection lost; ending the client connection");
+        debug!(
+            what,
+            "runtime connection lost; ending the client connection"
+        );
         self.up = Up::Dead;
         self.uin.start = 0;
         self.uin.end = 0;
@@ -640,7 +639,15 @@ impl Relay {
         let open: Vec<u32> = self
             .streams
             .iter()
-            .filter(|(_, s)| matches!(s.role, Role::Relayed { runtime_done: false, .. }))
+            .filter(|(_, s)| {
+                matches!(
+                    s.role,
+                    Role::Relayed {
+                        runtime_done: false,
+                        ..
+                    }
+                )
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in open {
@@ -738,7 +745,10 @@ impl Relay {
             while self.preface_left == 0 && end - at >= f::HEAD && self.opening.is_none() {
                 let head = Head::parse(&buf[at..]);
                 if head.len > f::MAX_FRAME {
-                    return Err(conn_err(Reason::FrameSize, "frame larger than MAX_FRAME_SIZE"));
+                    return Err(conn_err(
+                        Reason::FrameSize,
+                        "frame larger than MAX_FRAME_SIZE",
+                    ));
                 }
                 if end - at < f::HEAD + head.len {
                     break;
@@ -850,7 +860,10 @@ impl Relay {
         let n = head.len as i64;
         self.client_send_window -= n;
         if self.client_send_window < 0 {
-            return Err(conn_err(Reason::FlowControl, "DATA beyond the connection window"));
+            return Err(conn_err(
+                Reason::FlowControl,
+                "DATA beyond the connection window",
+            ));
         }
         let end_stream = head.has(f::END_STREAM);
         let Some(stream) = self.streams.get_mut(&head.stream) else {
@@ -879,11 +892,19 @@ impl Relay {
                 self.grant0 += head.len as u32;
                 own.recv_window -= n;
                 if own.recv_window < 0 {
-                    return Err(conn_err(Reason::FlowControl, "DATA beyond the stream window"));
+                    return Err(conn_err(
+                        Reason::FlowControl,
+                        "DATA beyond the stream window",
+                    ));
                 }
                 if let Phase::Collect(_) = own.phase {
                     let (s, e) = f::unpad(head, &frame[f::HEAD..])?;
-                    self.collect(head.stream, &frame[f::HEAD + s..f::HEAD + e], head.len, end_stream);
+                    self.collect(
+                        head.stream,
+                        &frame[f::HEAD + s..f::HEAD + e],
+                        head.len,
+                        end_stream,
+                    );
                 } else if end_stream {
                     self.maybe_remove(head.stream);
                 }
@@ -1058,7 +1079,10 @@ impl Relay {
         if head.stream == 0 {
             self.client_window += inc as i64;
             if self.client_window > f::MAX_WINDOW {
-                return Err(conn_err(Reason::FlowControl, "connection window over 2^31-1"));
+                return Err(conn_err(
+                    Reason::FlowControl,
+                    "connection window over 2^31-1",
+                ));
             }
             let withheld = self.owed.min(inc as i64);
             self.owed -= withheld;
@@ -1088,7 +1112,10 @@ impl Relay {
                 }
             }
             None if head.stream > self.max_client_id => {
-                return Err(conn_err(Reason::Protocol, "WINDOW_UPDATE on an idle stream"));
+                return Err(conn_err(
+                    Reason::Protocol,
+                    "WINDOW_UPDATE on an idle stream",
+                ));
             }
             None => {}
         }
@@ -1118,9 +1145,7 @@ impl Relay {
         if self.fields.over {
             let status = Status::new(
                 Code::ResourceExhausted,
-                format!(
-                    "cri-guard: request headers larger than {MAX_HEADER_LIST} bytes refused"
-                ),
+                format!("cri-guard: request headers larger than {MAX_HEADER_LIST} bytes refused"),
             );
             self.own_status(id, end_stream, &status);
             return Ok(());
@@ -1175,9 +1200,8 @@ impl Relay {
                     Up::Live { .. } => self.forward_open(opening),
                     Up::Connecting(_) => self.opening = Some(opening),
                     Up::Absent => {
-                        self.up = Up::Connecting(Box::pin(conn::connect_socket(
-                            self.shared.clone(),
-                        )));
+                        self.up =
+                            Up::Connecting(Box::pin(conn::connect_socket(self.shared.clone())));
                         self.opening = Some(opening);
                     }
                     Up::Dead => {
@@ -1262,7 +1286,10 @@ impl Relay {
             Err(what) => {
                 let status = Status::new(
                     Code::InvalidArgument,
-                    format!("cri-guard: cannot read the {} request: {what}", kind.method()),
+                    format!(
+                        "cri-guard: cannot read the {} request: {what}",
+                        kind.method()
+                    ),
                 );
                 return self.own_status(id, end_stream, &status);
             }
@@ -1469,7 +1496,10 @@ impl Relay {
             while end - at >= f::HEAD && self.runtime_live() {
                 let head = Head::parse(&buf[at..]);
                 if head.len > f::MAX_FRAME {
-                    return Err(conn_err(Reason::FrameSize, "frame larger than MAX_FRAME_SIZE"));
+                    return Err(conn_err(
+                        Reason::FrameSize,
+                        "frame larger than MAX_FRAME_SIZE",
+                    ));
                 }
                 if end - at < f::HEAD + head.len {
                     break;
@@ -1534,7 +1564,10 @@ impl Relay {
                     _ => return Err(conn_err(Reason::StreamClosed, "DATA on a closed stream")),
                 };
                 if n > self.client_window + self.owed {
-                    return Err(conn_err(Reason::FlowControl, "DATA beyond the connection window"));
+                    return Err(conn_err(
+                        Reason::FlowControl,
+                        "DATA beyond the connection window",
+                    ));
                 }
                 if n > self.client_window {
                     return Ok(false);
@@ -1567,7 +1600,10 @@ impl Relay {
                 Ok(true)
             }
             f::CONTINUATION => Err(conn_err(Reason::Protocol, "CONTINUATION without HEADERS")),
-            f::PUSH_PROMISE => Err(conn_err(Reason::Protocol, "PUSH_PROMISE (push is disabled)")),
+            f::PUSH_PROMISE => Err(conn_err(
+                Reason::Protocol,
+                "PUSH_PROMISE (push is disabled)",
+            )),
             f::RST_STREAM => {
                 match self.streams.get(&head.stream) {
                     Some(Stream {
@@ -1632,11 +1668,7 @@ impl Relay {
         self.resp_dec
             .decode(block, &mut self.fields, MAX_HEADER_LIST)
             .map_err(|_| conn_err(Reason::Compression, "undecodable response header block"))?;
-        let failed = end_stream
-            && self
-                .fields
-                .get(b"grpc-status")
-                .is_none_or(|s| s != b"0");
+        let failed = end_stream && self.fields.get(b"grpc-status").is_none_or(|s| s != b"0");
         match self.streams.get_mut(&id) {
             Some(Stream {
                 role:
@@ -1656,7 +1688,12 @@ impl Relay {
             // A stream the client reset: the block is still relayed, the client's decoder
             // must see it (the client ignores the frames themselves).
             _ if self.tombstones.contains(&id) => self.cout.data.extend_from_slice(raw),
-            _ => return Err(conn_err(Reason::Protocol, "HEADERS on a closed or unknown stream")),
+            _ => {
+                return Err(conn_err(
+                    Reason::Protocol,
+                    "HEADERS on a closed or unknown stream",
+                ));
+            }
         }
         Ok(())
     }
@@ -1694,7 +1731,8 @@ impl Relay {
             let v = match id {
                 f::SETTINGS_HEADER_TABLE_SIZE => {
                     let v = v.min(MAX_TABLE);
-                    self.req_dec.set_allowed((v as usize).max(hpack::DEFAULT_TABLE));
+                    self.req_dec
+                        .set_allowed((v as usize).max(hpack::DEFAULT_TABLE));
                     v
                 }
                 f::SETTINGS_MAX_CONCURRENT_STREAMS => {
@@ -1789,10 +1827,7 @@ fn check_request(fields: &Fields) -> Option<&[u8]> {
     let mut regular = false;
     for i in 0..fields.len() {
         let (name, value) = (fields.name(i), fields.value(i));
-        if value
-            .iter()
-            .any(|&b| b == 0 || b == b'\n' || b == b'\r')
-        {
+        if value.iter().any(|&b| b == 0 || b == b'\n' || b == b'\r') {
             return None;
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
@@ -1834,7 +1869,13 @@ fn check_request(fields: &Fields) -> Option<&[u8]> {
 }
 
 /// Appends `block` as HEADERS (plus CONTINUATION) frames no larger than the frame limit.
-fn put_block(out: &mut Vec<u8>, id: u32, block: &[u8], end_stream: bool, priority: Option<[u8; 5]>) {
+fn put_block(
+    out: &mut Vec<u8>,
+    id: u32,
+    block: &[u8],
+    end_stream: bool,
+    priority: Option<[u8; 5]>,
+) {
     let prio = if priority.is_some() { 5 } else { 0 };
     let first = block.len().min(f::MAX_FRAME - prio);
     let mut flags = if end_stream { f::END_STREAM } else { 0 };
@@ -1880,7 +1921,12 @@ fn status_block(scratch: &mut Vec<u8>, status: &Status, trailers_only: bool) -> 
 
 fn response_block(parts: &http::response::Parts) -> Vec<u8> {
     let mut out = Vec::new();
-    hpack::encode_field(&mut out, b":status", parts.status.as_str().as_bytes(), false);
+    hpack::encode_field(
+        &mut out,
+        b":status",
+        parts.status.as_str().as_bytes(),
+        false,
+    );
     encode_headers(&mut out, &parts.headers);
     out
 }

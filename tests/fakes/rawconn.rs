@@ -126,8 +126,7 @@ impl RawConn {
                     1 if resp.headers.is_empty() => resp.headers = f.fields.clone(),
                     1 => resp.trailers = f.fields.clone(),
                     3 => {
-                        resp.reset =
-                            Some(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
+                        resp.reset = Some(u32::from_be_bytes(f.payload[..4].try_into().unwrap()));
                         return resp;
                     }
                     _ => {}

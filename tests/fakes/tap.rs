@@ -144,7 +144,10 @@ pub fn frames(bytes: &[u8], client: bool) -> Result<Vec<Frame>, String> {
         at += 9 + len;
         if let Some((first, mut frag)) = block.take() {
             if kind != 0x9 || stream != first.stream {
-                return Err(format!("header block of stream {} interrupted", first.stream));
+                return Err(format!(
+                    "header block of stream {} interrupted",
+                    first.stream
+                ));
             }
             frag.extend_from_slice(&payload);
             if flags & 0x4 == 0 {
