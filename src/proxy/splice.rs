@@ -1093,15 +1093,16 @@ impl Relay {
             self.stalled = false;
             return Ok(());
         }
+        let live = self.runtime_live();
         match self.streams.get_mut(&head.stream) {
             Some(Stream {
                 role: Role::Relayed { .. },
                 ..
-            }) => {
-                if self.runtime_live() {
-                    self.uout.data.extend_from_slice(frame);
-                }
-            }
+            }) if live => self.uout.data.extend_from_slice(frame),
+            Some(Stream {
+                role: Role::Relayed { .. },
+                ..
+            }) => {}
             Some(Stream {
                 role: Role::Own(own),
                 ..
@@ -1315,7 +1316,9 @@ impl Relay {
             },
         );
         if end_stream {
-            self.streams.get_mut(&id).map(|s| s.client_done = true);
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.client_done = true;
+            }
             self.collect(id, &[], 0, true);
         } else {
             self.set_deadline(deadline);
