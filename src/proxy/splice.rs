@@ -639,27 +639,27 @@ impl Relay {
         let open: Vec<u32> = self
             .streams
             .iter()
-            .filter(|(_, s)| {
-                matches!(
-                    s.role,
-                    Role::Relayed {
-                        runtime_done: false,
-                        ..
-                    }
-                )
-            })
+            .filter(|(_, s)| matches!(s.role, Role::Relayed { .. }))
             .map(|(id, _)| *id)
             .collect();
         for id in open {
             let Some(Stream {
                 client_done,
-                role: Role::Relayed {
-                    method, responded, ..
-                },
+                role:
+                    Role::Relayed {
+                        method,
+                        responded,
+                        runtime_done,
+                    },
             }) = self.streams.remove(&id)
             else {
                 continue;
             };
+            if runtime_done {
+                // Answered in full; the rest of the request has nowhere to go.
+                f::put_rst(&mut self.cout.data, id, Reason::NoError);
+                continue;
+            }
             self.shared.stats.count_error(method as usize);
             let block = status_block(&mut self.enc, &status, !responded);
             put_block(&mut self.cout.data, id, &block, true, None);
@@ -882,7 +882,9 @@ impl Relay {
         match &mut stream.role {
             Role::Relayed { runtime_done, .. } => {
                 let remove = end_stream && *runtime_done;
-                self.uout.data.extend_from_slice(frame);
+                if matches!(self.up, Up::Live { .. }) {
+                    self.uout.data.extend_from_slice(frame);
+                }
                 if remove {
                     self.streams.remove(&head.stream);
                 }
@@ -1264,7 +1266,9 @@ impl Relay {
                         never,
                     );
                 }
-                put_block(&mut self.uout.data, id, &self.enc, true, None);
+                if self.runtime_live() {
+                    put_block(&mut self.uout.data, id, &self.enc, true, None);
+                }
                 if done {
                     self.streams.remove(&id);
                 }
