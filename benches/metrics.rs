@@ -13,7 +13,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use cri_guard::metrics::{METRICS, method_index};
+use cri_guard::metrics::METRICS;
+use cri_guard::proxy::method_index;
 
 const CALLS: usize = 1_000_000;
 const ROUNDS: usize = 7;
@@ -50,7 +51,7 @@ fn main() {
                 black_box(black_box(path).len());
             }));
             hook.push(time(|| {
-                let m = method_index(black_box(path));
+                let m = method_index(black_box(path).as_bytes());
                 METRICS.relayed(m);
                 let failed = black_box(&trailers)
                     .get("grpc-status")

@@ -22,25 +22,30 @@
 //!              │
 //!              └─ proxy::Proxy::bind/run ── listen socket, one task per kubelet connection
 //!                    │
-//!                    └─ proxy::conn ── per connection: h2 server (kubelet side) + its own h2
-//!                          │            client (runtime side), all calls in one task;
-//!                          │            streams per connection advertised and enforced
-//!                          ├─ proxy::socket    unix sockets watched for reading only; the
-//!                          │                   kubelet side read through proxy::authority
-//!                          │                   (a client's `:authority` h2 would refuse, e.g.
-//!                          │                   grpcio's socket path, rewritten same-length)
-//!                          ├─ route by gRPC path:
-//!                          │    /runtime.v1.*  except the three below → relay (bytes untouched)
+//!                    └─ proxy::splice ── per connection: the frame relay. The kubelet's HTTP/2
+//!                          │   connection and one runtime connection joined frame by frame in
+//!                          │   one task (one read and one write per side per pass); request
+//!                          │   header blocks decoded (route by :path) and re-encoded without
+//!                          │   indexing; runtime frames relayed as they are (header blocks
+//!                          │   checked with a mirror decoder); flow control, SETTINGS, GOAWAY
+//!                          │   and the runtime's absence/death handled here
+//!                          ├─ proxy::frame     the 9-byte header, per-type checks, frames
+//!                          │                   cri-guard writes itself
+//!                          ├─ proxy::hpack     HPACK decoder (nibble Huffman table) and an
+//!                          │                   encoder that never indexes
+//!                          ├─ proxy::socket    unix sockets watched for reading only
+//!                          ├─ proxy::conn      route by gRPC path:
+//!                          │    /runtime.v1.*  except the three below → relayed (bytes untouched)
 //!                          │    PullImage, CreateContainer,
-//!                          │    RunPodSandbox                         → intercept → Guard → relay
+//!                          │    RunPodSandbox                         → kept: buffered, Guard,
+//!                          │                        forwarded on a side connection (h2 client)
 //!                          │    /runtime.v1alpha2.*, anything else  → refused (Unimplemented)
-//!                          ├─ proxy::relay     frames, trailers, resets, flow control;
-//!                          │                   relayed calls and errors counted per method
+//!                          ├─ proxy::relay     a kept call's exchange with the runtime (h2
+//!                          │                   client), confirmed pulls
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
 //!                          ├─ proxy::budget    one budget for buffered intercepted bytes (all
-//!                          │                   connections), Stats counters; a deadline to
-//!                          │                   arrive; confirmed pulls run in tracked tasks
-//!                          │                   that finish whatever the client does
+//!                          │                   connections); Stats: per-method relayed calls and
+//!                          │                   errors, runtime connects (what metrics read)
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies,
 //!                                              bounded and escaped messages and log fields
 //!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,
@@ -72,12 +77,13 @@
 //!
 //! # Path of a request
 //!
-//! The kubelet's HTTP/2 stream is accepted by `proxy::conn::serve`. A relayed call is sent on
-//! the connection's upstream HTTP/2 connection with the same headers and data frames; the
-//! response's headers, data and trailers come back the same way. An intercepted call is read
-//! whole (bounded), decoded with prost, handed to the [`proxy::Guard`], and then either its
-//! original bytes are forwarded (a CreateContainer with the checked image id appended) or a
-//! status is returned and nothing reaches the runtime. Who controls which input, and where
+//! The kubelet's connection is served by `proxy::splice`. A relayed call's header block is
+//! decoded (to route by `:path`) and re-encoded for the runtime with the same fields; its data
+//! frames, and the response's frames, pass as they are. An intercepted call is read whole
+//! (bounded), decoded with prost, handed to the [`proxy::Guard`], and then either its original
+//! bytes are forwarded on a separate runtime connection (a CreateContainer with the checked
+//! image id appended) and the answer written back by cri-guard, or a status is returned and
+//! nothing reaches the runtime. Who controls which input, and where
 //! each is bounded: docs/threat-model.md.
 
 #![forbid(unsafe_code)]

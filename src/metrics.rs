@@ -400,15 +400,6 @@ pub fn method_label(index: usize) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// The index of a gRPC path among the CRI methods this build knows ([`KNOWN_METHODS`]), or
-/// `KNOWN_METHODS.len()` for any other path: what [`Metrics::relayed`] takes.
-pub fn method_index(path: &str) -> usize {
-    KNOWN_METHODS
-        .iter()
-        .position(|m| *m == path)
-        .unwrap_or(KNOWN_METHODS.len())
-}
-
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("cri_guard");
@@ -534,7 +525,7 @@ impl Metrics {
         }
     }
 
-    /// A call with method `index` ([`method_index`]) is forwarded to the runtime.
+    /// A call with method `index` ([`crate::proxy::method_index`]) is forwarded to the runtime.
     #[inline]
     pub fn relayed(&self, index: usize) {
         if let Some(c) = self.relayed.get(index) {
@@ -714,6 +705,7 @@ pub fn policy_registries(policy: &crate::verify::policy::Policy) -> BTreeSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::method_index;
 
     /// Every known method has a distinct label, and any other path is `unknown`.
     #[test]
@@ -721,10 +713,10 @@ mod tests {
         let labels: BTreeSet<&str> = (0..KNOWN_METHODS.len()).map(method_label).collect();
         assert_eq!(labels.len(), KNOWN_METHODS.len());
         assert!(!labels.contains("unknown"));
-        assert_eq!(method_index("/runtime.v1.RuntimeService/Version"), 0);
-        let other = method_index("/runtime.v1.RuntimeService/SomethingNew");
+        assert_eq!(method_index(b"/runtime.v1.RuntimeService/Version"), 0);
+        let other = method_index(b"/runtime.v1.RuntimeService/SomethingNew");
         assert_eq!(method_label(other), "unknown");
-        assert_eq!(method_label(method_index("/x")), "unknown");
+        assert_eq!(method_label(method_index(b"/x")), "unknown");
     }
 
     /// The relay counters add up per method, and the exposition names them with the prefix and
@@ -732,11 +724,11 @@ mod tests {
     #[test]
     fn relayed_calls_are_counted_per_method() {
         let m = Metrics::new();
-        let v = method_index("/runtime.v1.RuntimeService/Version");
+        let v = method_index(b"/runtime.v1.RuntimeService/Version");
         m.relayed(v);
         m.relayed(v);
         m.relay_failed(v);
-        m.relayed(method_index("/runtime.v1.Nope/X"));
+        m.relayed(method_index(b"/runtime.v1.Nope/X"));
         let text = m.encode(false);
         assert!(
             text.contains("cri_guard_relayed_calls_total{method=\"Version\"} 2"),

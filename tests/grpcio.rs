@@ -201,13 +201,18 @@ async fn grpcio_defaults_through_proxy_match_direct() {
     assert_eq!(version.runtime_name, "containerd");
 }
 
-/// What reaches the runtime from a grpcio client: the same path, body and metadata (custom
-/// metadata included), and an `:authority` the runtime can parse.
+/// What reaches the runtime from a grpcio client, read from the bytes a tap in front of a real
+/// containerd recorded: the same path, body and metadata (custom metadata included) and the
+/// same `:authority` (the socket path, percent-encoded) as the client sent; containerd answers.
 #[tokio::test]
 async fn grpcio_request_relayed_as_sent() {
-    let dir = sock_dir();
-    let up = RawUpstream::start(&dir.path().join("up.sock"), echo);
-    let proxy = TestProxy::start(&dir.path().join("p.sock"), &up.path, Arc::new(AllowAll));
+    let bed = TestBed::start().await;
+    let tap = fakes::tap::Tap::start(&bed.dir.path().join("tap.sock"), &bed.containerd_socket());
+    let proxy = TestProxy::start(
+        &bed.dir.path().join("p.sock"),
+        &tap.path,
+        Arc::new(AllowAll),
+    );
     let mut c = call(
         "/runtime.v1.RuntimeService/Version",
         cri::VersionRequest {
@@ -219,35 +224,39 @@ async fn grpcio_request_relayed_as_sent() {
     let got = run_grpcio(&proxy.path, &calls).await;
     assert_eq!(got[0]["code"], "OK", "{got:?}");
     assert_eq!(got[1]["code"], "OK", "{got:?}");
-    let seen = up.requests();
-    assert_eq!(seen.len(), 2);
     let body = frame(
         &cri::VersionRequest {
             version: "v1".into(),
         }
         .encode_to_vec(),
     );
-    for r in &seen {
-        assert_eq!(r.path, "/runtime.v1.RuntimeService/Version");
-        assert_eq!(r.body, body);
-        assert_eq!(r.headers["x-agent"], "probe-7");
-        assert_eq!(r.headers["te"], "trailers");
-        assert!(
-            r.headers["user-agent"]
-                .to_str()
-                .unwrap()
-                .starts_with("grpc-python/"),
-            "{:?}",
-            r.headers
+    let recs = tap.recordings();
+    assert_eq!(recs.len(), 1, "one runtime connection");
+    let frames = fakes::tap::frames(&recs[0].up, true).expect("well-formed HTTP/2 to the runtime");
+    let heads: Vec<_> = frames.iter().filter(|f| f.kind == 1).collect();
+    assert_eq!(heads.len(), 2);
+    // The socket path, percent-encoded, as gRPC's C core sends it.
+    let want = proxy
+        .path
+        .to_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .replace('/', "%2F");
+    for h in &heads {
+        assert_eq!(
+            h.field(":path"),
+            Some(&b"/runtime.v1.RuntimeService/Version"[..])
         );
-        // The socket path with `%` made `_` (same length, see src/proxy/authority.rs).
-        let want = proxy
-            .path
-            .to_str()
-            .unwrap()
-            .trim_start_matches('/')
-            .replace('/', "_2F");
-        assert_eq!(r.authority.as_deref(), Some(want.as_str()));
+        assert_eq!(h.field("x-agent"), Some(&b"probe-7"[..]));
+        assert_eq!(h.field("te"), Some(&b"trailers"[..]));
+        assert!(h.field("user-agent").unwrap().starts_with(b"grpc-python/"));
+        assert_eq!(h.field(":authority"), Some(want.as_bytes()));
+        let data: Vec<u8> = frames
+            .iter()
+            .filter(|f| f.kind == 0 && f.stream == h.stream)
+            .flat_map(|f| f.payload.clone())
+            .collect();
+        assert_eq!(data, body);
     }
 }
 

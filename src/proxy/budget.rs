@@ -1,13 +1,18 @@
 //! The one budget for bytes of intercepted requests buffered at once, across all connections
-//! (`max_intercepted_buffer`), and the proxy's counters of its bounded state.
+//! (`max_intercepted_buffer`), and the proxy's counters: its bounded state, calls and errors
+//! per CRI method, and connections to the runtime (the hook metrics read, [`Stats`]).
 //!
 //! A PullImage or CreateContainer body is read whole before the decision; each chunk is taken
 //! from the budget before it is kept, and the bytes go back when the buffered request is
 //! dropped (after the decision and the forward). A call that would take more than is left is
 //! refused: many slow or large requests cannot grow the process past the budget.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::cri::KNOWN_METHODS;
+use crate::metrics::METRICS;
 
 /// Bytes of intercepted requests buffered now, against a maximum.
 #[derive(Debug)]
@@ -76,13 +81,62 @@ impl Drop for Held {
     }
 }
 
-/// Counters of the proxy's bounded state, readable while it runs (see [`super::Proxy::stats`]).
-#[derive(Debug, Default)]
+/// The index of a gRPC path in [`KNOWN_METHODS`], or `KNOWN_METHODS.len()` for any other path:
+/// the index of [`Stats::relayed_calls`] and [`Stats::relay_errors`].
+pub fn method_index(path: &[u8]) -> usize {
+    static INDEX: OnceLock<HashMap<&'static [u8], usize>> = OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        KNOWN_METHODS
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.as_bytes(), i))
+            .collect()
+    });
+    index.get(path).copied().unwrap_or(KNOWN_METHODS.len())
+}
+
+/// The method name of an index from [`method_index`] (`"other"` past the known ones).
+pub fn method_name(index: usize) -> &'static str {
+    KNOWN_METHODS
+        .get(index)
+        .map_or("other", |m| m.rsplit('/').next().unwrap_or(m))
+}
+
+/// Counters of the proxy, readable while it runs (see [`super::Proxy::stats`]): bounded state,
+/// refusals, calls and errors per CRI method, connections to the runtime. All are relaxed
+/// atomics, bumped where the event happens; a metrics exporter reads them when scraped.
+#[derive(Debug)]
 pub struct Stats {
     pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) unknown_tracked: AtomicUsize,
     pub(crate) refused_over_budget: AtomicU64,
     pub(crate) refused_over_deadline: AtomicU64,
+    pub(crate) relayed: Box<[AtomicU64]>,
+    pub(crate) errors: Box<[AtomicU64]>,
+    pub(crate) upstream_connects: AtomicU64,
+    pub(crate) upstream_connect_failures: AtomicU64,
+    pub(crate) upstream_lost: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let counters = || {
+            (0..=KNOWN_METHODS.len())
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        };
+        Stats {
+            budget: None,
+            unknown_tracked: AtomicUsize::new(0),
+            refused_over_budget: AtomicU64::new(0),
+            refused_over_deadline: AtomicU64::new(0),
+            relayed: counters(),
+            errors: counters(),
+            upstream_connects: AtomicU64::new(0),
+            upstream_connect_failures: AtomicU64::new(0),
+            upstream_lost: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Stats {
@@ -104,6 +158,67 @@ impl Stats {
     /// Intercepted calls refused because the request did not arrive in time.
     pub fn refused_over_deadline(&self) -> u64 {
         self.refused_over_deadline.load(Ordering::Relaxed)
+    }
+
+    /// Calls for the runtime by method index ([`method_index`]): relayed calls, and intercepted
+    /// calls that were forwarded. Calls cri-guard refused itself are not counted here.
+    pub fn relayed_calls(&self, method: usize) -> u64 {
+        self.relayed
+            .get(method)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Of [`Stats::relayed_calls`], those that ended without grpc-status 0: an error status, a
+    /// reset (either side), or the runtime gone or unreachable.
+    pub fn relay_errors(&self, method: usize) -> u64 {
+        self.errors
+            .get(method)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Connections to the runtime opened (relayed and intercepted calls alike).
+    pub fn upstream_connects(&self) -> u64 {
+        self.upstream_connects.load(Ordering::Relaxed)
+    }
+
+    /// Attempts to connect to the runtime that failed.
+    pub fn upstream_connect_failures(&self) -> u64 {
+        self.upstream_connect_failures.load(Ordering::Relaxed)
+    }
+
+    /// Relayed runtime connections that broke or were closed by the runtime while in use.
+    pub fn upstream_lost(&self) -> u64 {
+        self.upstream_lost.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn count_call(&self, method: usize) {
+        if let Some(c) = self.relayed.get(method) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        METRICS.relayed(method);
+    }
+
+    #[inline]
+    pub(crate) fn count_error(&self, method: usize) {
+        if let Some(c) = self.errors.get(method) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        METRICS.relay_failed(method);
+    }
+
+    pub(crate) fn count_connect(&self, ok: bool) {
+        METRICS.upstream_connect(ok);
+        let c = if ok {
+            &self.upstream_connects
+        } else {
+            &self.upstream_connect_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_lost(&self) {
+        self.upstream_lost.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -127,5 +242,21 @@ mod tests {
         drop(c);
         assert_eq!(b.used(), 0);
         assert!(!b.take(&mut Held::new(&b), usize::MAX));
+    }
+
+    /// Known methods have their own counter; anything else shares the last one.
+    #[test]
+    fn method_indexes() {
+        let v = method_index(b"/runtime.v1.RuntimeService/Version");
+        assert_eq!(KNOWN_METHODS[v], "/runtime.v1.RuntimeService/Version");
+        assert_eq!(method_name(v), "Version");
+        assert_eq!(method_index(b"/runtime.v1.X/Y"), KNOWN_METHODS.len());
+        let s = Stats::default();
+        s.count_call(v);
+        s.count_error(v);
+        s.count_call(KNOWN_METHODS.len());
+        s.count_call(KNOWN_METHODS.len() + 5);
+        assert_eq!((s.relayed_calls(v), s.relay_errors(v)), (1, 1));
+        assert_eq!(s.relayed_calls(KNOWN_METHODS.len()), 1);
     }
 }

@@ -1,52 +1,43 @@
-//! One downstream connection: a single task that drives the kubelet's HTTP/2 connection, its own
-//! upstream connection to the runtime, and every call in flight on them.
+//! What a client connection needs besides the frame relay ([`super::splice`]): routing by gRPC
+//! path, the calls cri-guard keeps (decoded, decided by the [`Guard`], and forwarded on a runtime
+//! connection of their own), and opening runtime connections.
 //!
-//! Keeping all of that in one task (calls are futures in a `FuturesUnordered`, not spawned tasks)
-//! means a call costs no task hand-offs: on a single-threaded runtime a unary call wakes the
-//! process twice, once for the request and once for the response.
-//!
-//! The upstream connection is opened on the first call that needs it and dropped when it breaks;
-//! the next call opens a new one, so a restarted runtime is picked up without a restart of
-//! cri-guard. While the runtime is unreachable, calls fail at once with `Unavailable`.
+//! A kept call's request is buffered by the relay under the bounds here (`max_message`, the
+//! shared [`Budget`], the arrival deadline) and handed to [`intercepted`]; its answer goes back
+//! to the relay, which writes it to the client. An allowed call is sent on the connection's
+//! *side* connection to the runtime (opened on first use, kept for the next kept call), never on
+//! the relayed one. A pull whose result must be confirmed runs in a task of its own on a
+//! connection of its own, tracked by the proxy: a client that leaves does not stop it.
 
 use std::collections::HashSet;
-use std::future::poll_fn;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-use h2::RecvStream;
 use h2::client::SendRequest;
-use h2::server::SendResponse;
-use http::Request;
 use prost::Message;
 use tokio::net::UnixStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::budget::{Budget, Held, Stats};
+use super::budget::{Budget, Held, Stats, method_index};
 use super::grpc::{self, Code, Status};
-use super::intercept::{self, BoxFuture, Call, Confirm, Guard, Verdict};
-use super::relay::{self, Body};
-use super::socket;
+use super::hpack::Fields;
+use super::intercept::{self, Call, Confirm, Guard, Verdict};
+use super::relay::{self, Answer};
 use crate::cri;
-use crate::metrics::METRICS;
 
-/// How long a draining connection with no calls in flight stays open.
-const IDLE_CLOSE: Duration = Duration::from_millis(100);
-/// Largest header list (decoded) a client may send in one request. gRPC metadata of CRI
-/// clients is well under 1 KiB; h2's default (16 MiB) times the streams of a connection would
-/// be an unbounded amount of memory. h2 refuses a larger list.
-const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Unknown `runtime.v1` methods remembered to log each once; past this they are forwarded
 /// without a log line (one warning says so). Names are kept to their first 256 bytes.
 const MAX_UNKNOWN_TRACKED: usize = 256;
 const MAX_UNKNOWN_NAME: usize = 256;
+/// Flow-control windows of cri-guard's own runtime connections (kept calls): large enough that
+/// a response of a kept call is never held up.
+const SIDE_STREAM_WINDOW: u32 = 1 << 20;
+const SIDE_CONN_WINDOW: u32 = 2 << 20;
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -64,36 +55,38 @@ pub(crate) struct Shared {
     pub detached: TaskTracker,
 }
 
-struct Upstream {
-    send: SendRequest<Bytes>,
-    conn: h2::client::Connection<socket::Socket, Bytes>,
-}
+/// A client connection's side connection to the runtime, for the calls cri-guard keeps.
+pub(crate) type Side = Arc<Mutex<Option<SendRequest<Bytes>>>>;
 
 /// How a call is handled, from its path alone.
-enum Route {
+pub(crate) enum Route {
     Relay,
-    Intercept,
+    Intercept(Kind),
     Refuse(Status),
 }
 
-fn route(path: &str, shared: &Shared) -> Route {
-    if path == intercept::PULL_IMAGE
-        || path == intercept::CREATE_CONTAINER
-        || path == intercept::RUN_POD_SANDBOX
-    {
-        Route::Intercept
-    } else if path.starts_with(cri::V1_PREFIX) {
-        if !cri::KNOWN_METHODS.contains(&path) {
-            note_unknown(path, shared);
+pub(crate) fn route(path: &[u8], shared: &Shared) -> Route {
+    let kind = match path {
+        p if p == intercept::PULL_IMAGE.as_bytes() => Some(Kind::Pull),
+        p if p == intercept::CREATE_CONTAINER.as_bytes() => Some(Kind::Create),
+        p if p == intercept::RUN_POD_SANDBOX.as_bytes() => Some(Kind::RunSandbox),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        Route::Intercept(kind)
+    } else if path.starts_with(cri::V1_PREFIX.as_bytes()) {
+        if method_index(path) == cri::KNOWN_METHODS.len() {
+            note_unknown(&String::from_utf8_lossy(path), shared);
         }
         Route::Relay
-    } else if path.starts_with(cri::V1ALPHA2_PREFIX) {
+    } else if path.starts_with(cri::V1ALPHA2_PREFIX.as_bytes()) {
         Route::Refuse(Status::new(
             Code::Unimplemented,
             "cri-guard: CRI runtime.v1alpha2 is not served (it would bypass image verification); \
              use a kubelet that speaks runtime.v1 (Kubernetes 1.23 or newer)",
         ))
     } else {
+        let path = String::from_utf8_lossy(path);
         Route::Refuse(Status::new(
             Code::Unimplemented,
             format!(
@@ -134,203 +127,171 @@ fn note_unknown(path: &str, shared: &Shared) {
         .unknown_tracked
         .store(seen.len(), Ordering::Relaxed);
     warn!(
-        method = key,
+        method = %grpc::Text(key),
         "forwarding a runtime.v1 method this cri-guard does not know (newer kubelet?)"
     );
 }
 
-/// Serves one downstream connection until it closes, or until shutdown has drained it.
-pub(crate) async fn serve(
-    io: UnixStream,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let io = match socket::Socket::downstream(io) {
-        Ok(s) => s,
-        Err(e) => return debug!(error = %e, "cannot set up the downstream socket"),
-    };
-    let mut server = match h2::server::Builder::new()
-        .max_concurrent_streams(shared.max_streams)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .handshake::<_, Bytes>(io)
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => return debug!(error = %e, "downstream handshake failed"),
-    };
-    let mut upstream: Option<Upstream> = None;
-    let mut calls: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
-    let mut draining = *shutdown.borrow();
-    if draining {
-        server.graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            biased;
-            Some(()) = calls.next(), if !calls.is_empty() => {}
-            res = drive(&mut upstream) => {
-                debug!(result = ?res, "upstream connection closed; the next call reconnects");
-                upstream = None;
-            }
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                server.graceful_shutdown();
-            }
-            // Draining and nothing in flight: give the GOAWAY a moment to leave, then close,
-            // rather than wait for a client that may never answer h2's shutdown PING.
-            _ = tokio::time::sleep(IDLE_CLOSE), if draining && calls.is_empty() => return,
-            next = server.accept() => match next {
-                Some(Ok((req, respond))) => {
-                    let call = dispatch(req, respond, &mut upstream, &shared).await;
-                    calls.push(call);
-                }
-                Some(Err(e)) => return debug!(error = %e, "downstream connection error"),
-                None => return,
-            }
-        }
-    }
+/// The status of a runtime that cannot be reached.
+pub(crate) fn unreachable(shared: &Shared, e: &dyn std::fmt::Display) -> Status {
+    Status::new(
+        Code::Unavailable,
+        format!(
+            "cri-guard: cannot reach the container runtime at {}: {e}; is it running? \
+             (calls go through again as soon as it is back)",
+            shared.upstream.display()
+        ),
+    )
 }
 
-/// Polls the upstream connection, if there is one, until it closes.
-async fn drive(upstream: &mut Option<Upstream>) -> Result<(), h2::Error> {
-    match upstream {
-        Some(u) => (&mut u.conn).await,
-        None => std::future::pending().await,
-    }
+/// Opens a unix connection to the runtime, within the connect timeout.
+pub(crate) async fn connect_socket(shared: Arc<Shared>) -> Result<UnixStream, Status> {
+    tokio::time::timeout(
+        shared.connect_timeout,
+        UnixStream::connect(&shared.upstream),
+    )
+    .await
+    .map_err(|_| unreachable(&shared, &"connect timed out"))?
+    .map_err(|e| unreachable(&shared, &e))
 }
 
-async fn connect(shared: &Shared) -> Result<Upstream, Status> {
-    let path = &shared.upstream;
-    let fail = |e: &dyn std::fmt::Display| {
-        Status::new(
-            Code::Unavailable,
-            format!(
-                "cri-guard: cannot reach the container runtime at {}: {e}; is it running? \
-                 (calls go through again as soon as it is back)",
-                path.display()
-            ),
-        )
-    };
-    let io = tokio::time::timeout(shared.connect_timeout, UnixStream::connect(path))
-        .await
-        .map_err(|_| fail(&"connect timed out"))?
-        .map_err(|e| fail(&e))?;
-    let io = socket::Socket::new(io).map_err(|e| fail(&e))?;
+/// An HTTP/2 client connection to the runtime for kept calls; its driver runs in a task.
+async fn connect_h2(shared: &Arc<Shared>) -> Result<SendRequest<Bytes>, Status> {
+    let io = connect_socket(shared.clone()).await;
+    shared.stats.count_connect(io.is_ok());
     let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(2 << 20)
-        .handshake::<_, Bytes>(io)
+        .initial_window_size(SIDE_STREAM_WINDOW)
+        .initial_connection_window_size(SIDE_CONN_WINDOW)
+        .handshake::<_, Bytes>(io?)
         .await
-        .map_err(|e| fail(&e))?;
-    debug!(upstream = %path.display(), "connected to the runtime");
-    Ok(Upstream { send, conn })
-}
-
-/// Turns an accepted stream into the future that handles it.
-async fn dispatch(
-    req: Request<RecvStream>,
-    respond: SendResponse<Bytes>,
-    upstream: &mut Option<Upstream>,
-    shared: &Arc<Shared>,
-) -> BoxFuture<'static, ()> {
-    let route = route(req.uri().path(), shared);
-    if let Route::Refuse(status) = &route {
-        info!(method = req.uri().path(), code = ?status.code, "refused");
-        relay::reply(respond, status);
-        return Box::pin(std::future::ready(()));
-    }
-    let send = match upstream {
-        Some(u) => u.send.clone(),
-        None => match connect(shared)
-            .await
-            .inspect(|_| METRICS.upstream_connect(true))
-        {
-            Ok(u) => upstream.insert(u).send.clone(),
-            Err(status) => {
-                METRICS.upstream_connect(false);
-                // A call for the runtime that could not be made: counted as its method's error.
-                let method = crate::metrics::method_index(req.uri().path());
-                METRICS.relayed(method);
-                METRICS.relay_failed(method);
-                warn!(method = req.uri().path(), message = %status.message, "runtime unavailable");
-                relay::reply(respond, &status);
-                return Box::pin(std::future::ready(()));
-            }
-        },
-    };
-    let (head, body) = req.into_parts();
-    match route {
-        Route::Intercept => Box::pin(intercepted(head, body, respond, send, shared.clone())),
-        _ => Box::pin(relay::forward(head, Body::Stream(body), respond, send)),
-    }
-}
-
-/// Reads, decodes and decides on a PullImage or CreateContainer call, then forwards or refuses.
-async fn intercepted(
-    head: http::request::Parts,
-    mut body: RecvStream,
-    respond: SendResponse<Bytes>,
-    send: SendRequest<Bytes>,
-    shared: Arc<Shared>,
-) {
-    let started = Instant::now();
-    let kind = match head.uri.path() {
-        intercept::PULL_IMAGE => Kind::Pull,
-        intercept::RUN_POD_SANDBOX => Kind::RunSandbox,
-        _ => Kind::Create,
-    };
-    let method = kind.method();
-    // The buffered request's share of the budget, given back when `held` is dropped: after
-    // the forward (or, for a confirmed pull, when its task ends).
-    let mut held = Held::new(&shared.budget);
-    let read = relay::read_body(&mut body, shared.max_message, method, |n| {
-        if shared.budget.take(&mut held, n) {
-            return Ok(());
+        .map_err(|e| unreachable(shared, &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "runtime connection for kept calls ended");
         }
-        shared
-            .stats
-            .refused_over_budget
-            .fetch_add(1, Ordering::Relaxed);
-        Err(Status::new(
-            Code::ResourceExhausted,
-            format!(
-                "cri-guard: {method} refused: PullImage/CreateContainer requests being buffered \
-                 would exceed `max_intercepted_buffer` ({} bytes across all connections); retry, \
-                 or raise `max_intercepted_buffer` in the cri-guard configuration",
-                shared.budget.max()
-            ),
-        ))
     });
-    let bytes = match tokio::time::timeout(shared.request_timeout, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(relay::ReadError::Refused(status))) => {
-            warn!(method, message = %status.message, "refused");
-            return relay::reply(respond, &status);
+    Ok(send)
+}
+
+/// The side connection, opened (again) if there is none or it broke.
+async fn side_connection(shared: &Arc<Shared>, side: &Side) -> Result<SendRequest<Bytes>, Status> {
+    let cached = side.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(send) = cached {
+        if let Ok(ready) = send.ready().await {
+            return Ok(ready);
         }
-        Ok(Err(relay::ReadError::Gone)) => return,
-        Err(_elapsed) => {
-            shared
-                .stats
-                .refused_over_deadline
-                .fetch_add(1, Ordering::Relaxed);
-            let status = Status::new(
-                Code::DeadlineExceeded,
-                format!(
-                    "cri-guard: the {method} request did not arrive whole within {:?}; refused \
-                     (raise `intercepted_request_timeout` in the cri-guard configuration if the \
-                     client is legitimately this slow)",
-                    shared.request_timeout
-                ),
-            );
-            warn!(method, message = %status.message, "refused");
-            return relay::reply(respond, &status);
+    }
+    let send = connect_h2(shared).await?;
+    *side.lock().unwrap_or_else(|p| p.into_inner()) = Some(send.clone());
+    Ok(send)
+}
+
+pub(crate) fn too_large(method: &str, max: usize) -> Status {
+    Status::new(
+        Code::ResourceExhausted,
+        format!(
+            "cri-guard: {method} request larger than {max} bytes refused; raise \
+             `max_intercepted_message` in the cri-guard configuration if this is legitimate"
+        ),
+    )
+}
+
+pub(crate) fn over_budget(shared: &Shared, method: &str) -> Status {
+    shared
+        .stats
+        .refused_over_budget
+        .fetch_add(1, Ordering::Relaxed);
+    Status::new(
+        Code::ResourceExhausted,
+        format!(
+            "cri-guard: {method} refused: PullImage/CreateContainer requests being buffered \
+             would exceed `max_intercepted_buffer` ({} bytes across all connections); retry, \
+             or raise `max_intercepted_buffer` in the cri-guard configuration",
+            shared.budget.max()
+        ),
+    )
+}
+
+pub(crate) fn too_slow(shared: &Shared, method: &str) -> Status {
+    shared
+        .stats
+        .refused_over_deadline
+        .fetch_add(1, Ordering::Relaxed);
+    Status::new(
+        Code::DeadlineExceeded,
+        format!(
+            "cri-guard: the {method} request did not arrive whole within {:?}; refused \
+             (raise `intercepted_request_timeout` in the cri-guard configuration if the \
+             client is legitimately this slow)",
+            shared.request_timeout
+        ),
+    )
+}
+
+/// The request of a kept call as the `h2` client sends it: the client's fields, in order. An
+/// `:authority` the `http` crate refuses (gRPC's C core sends the socket path, percent-encoded)
+/// is sent with its other bytes made `_` (the runtime does not use it; docs/upstream.md).
+pub(crate) fn request_head(fields: &Fields) -> Result<http::request::Parts, String> {
+    let (mut method, mut scheme, mut authority, mut path) = (None, None, None, None);
+    let mut headers = http::HeaderMap::new();
+    for i in 0..fields.len() {
+        let (name, value) = (fields.name(i), fields.value(i));
+        match name {
+            b":method" => method = Some(value),
+            b":scheme" => scheme = Some(value),
+            b":authority" => authority = Some(value),
+            b":path" => path = Some(value),
+            _ => {
+                let name = http::HeaderName::from_bytes(name)
+                    .map_err(|_| format!("header name {:?}", String::from_utf8_lossy(name)))?;
+                let mut value = http::HeaderValue::from_bytes(value)
+                    .map_err(|_| format!("the value of header {name}"))?;
+                value.set_sensitive(fields.field(i).never_indexed);
+                headers.append(name, value);
+            }
         }
+    }
+    let authority = match authority {
+        Some(a) if http::uri::Authority::try_from(a).is_ok() => a.to_vec(),
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|&b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'~' | b'-' => b,
+                _ => b'_',
+            })
+            .collect(),
+        _ => b"localhost".to_vec(),
     };
+    let mut uri = Vec::with_capacity(64);
+    uri.extend_from_slice(scheme.unwrap_or(b"http"));
+    uri.extend_from_slice(b"://");
+    uri.extend_from_slice(&authority);
+    uri.extend_from_slice(path.unwrap_or(b"/"));
+    let mut req = http::Request::builder()
+        .method(method.unwrap_or(b"POST"))
+        .uri(uri)
+        .body(())
+        .map_err(|e| format!("its method, scheme or path ({e})"))?;
+    *req.headers_mut() = headers;
+    Ok(req.into_parts().0)
+}
+
+/// Decodes, decides on and, if allowed, forwards a kept call; the answer is for the client.
+pub(crate) async fn intercepted(
+    shared: Arc<Shared>,
+    side: Side,
+    kind: Kind,
+    head: http::request::Parts,
+    bytes: Bytes,
+    held: Held,
+) -> Answer {
+    let started = Instant::now();
+    let method = kind.method();
     let call = match decode(kind, &bytes) {
         Ok(c) => c,
         Err(status) => {
             warn!(method, message = %status.message, "refused undecodable request");
-            return relay::reply(respond, &status);
+            return Answer::Status(status);
         }
     };
     // The guard writes the call's decision line (and counts it).
@@ -340,17 +301,34 @@ async fn intercepted(
         micros = started.elapsed().as_micros() as u64,
         "intercepted call decided"
     );
-    match verdict {
-        Verdict::Forward => relay::forward(head, Body::Buffered(bytes), respond, send).await,
+    let index = method_index(head.uri.path().as_bytes());
+    let answer = match verdict {
+        Verdict::Deny(status) => return Answer::Status(status),
+        Verdict::Forward => forward(&shared, &side, head, bytes).await,
         Verdict::ForwardAppended(extra) => {
-            let body = append_fields(&bytes, &extra);
-            relay::forward(head, Body::Buffered(body), respond, send).await
+            forward(&shared, &side, head, append_fields(&bytes, &extra)).await
         }
-        Verdict::ForwardThen(confirm) => {
-            drop(send);
-            confirmed(head, bytes, held, respond, confirm, shared).await
+        Verdict::ForwardThen(confirm) => confirmed(head, bytes, held, confirm, &shared).await,
+    };
+    shared.stats.count_call(index);
+    if answer.failed() {
+        shared.stats.count_error(index);
+    }
+    answer
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    side: &Side,
+    head: http::request::Parts,
+    body: Bytes,
+) -> Answer {
+    match side_connection(shared, side).await {
+        Ok(send) => relay::exchange(head, body, send, shared.max_message).await,
+        Err(status) => {
+            warn!(message = %status.message, "runtime unavailable");
+            Answer::Status(status)
         }
-        Verdict::Deny(status) => relay::reply(respond, &status),
     }
 }
 
@@ -362,10 +340,9 @@ async fn confirmed(
     head: http::request::Parts,
     bytes: Bytes,
     held: Held,
-    mut respond: SendResponse<Bytes>,
     confirm: Confirm,
-    shared: Arc<Shared>,
-) {
+    shared: &Arc<Shared>,
+) -> Answer {
     let (tx, rx) = oneshot::channel();
     let task_shared = shared.clone();
     shared.detached.spawn(async move {
@@ -373,62 +350,37 @@ async fn confirmed(
         drop(held);
         let _ = tx.send(answer);
     });
-    let outcome = tokio::select! {
-        a = rx => Some(a),
-        // The client reset the stream: nobody to answer; the task carries on.
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => None,
-    };
-    match outcome {
-        Some(Ok(answer)) => relay::answer(respond, answer),
-        Some(Err(_)) => relay::reply(
-            respond,
-            &Status::new(
-                Code::Internal,
-                "cri-guard: the pull's confirmation stopped before it answered",
-            ),
-        ),
-        None => debug!("client went away during a confirmed pull; it runs to completion"),
-    }
+    rx.await.unwrap_or_else(|_| {
+        Answer::Status(Status::new(
+            Code::Internal,
+            "cri-guard: the pull's confirmation stopped before it answered",
+        ))
+    })
 }
 
 async fn exchange_to_completion(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     head: http::request::Parts,
     bytes: Bytes,
     confirm: Confirm,
-) -> relay::Answer {
-    let Upstream { send, mut conn } = match connect(shared).await {
-        Ok(u) => {
-            METRICS.upstream_connect(true);
-            u
-        }
-        Err(status) => {
-            METRICS.upstream_connect(false);
-            return relay::Answer::Status(status);
-        }
+) -> Answer {
+    let send = match connect_h2(shared).await {
+        Ok(s) => s,
+        Err(status) => return Answer::Status(status),
     };
-    let exchange = relay::exchange_confirmed(head, bytes, send, confirm, shared.max_message);
-    tokio::pin!(exchange);
-    let mut conn_done = false;
-    loop {
-        tokio::select! {
-            answer = &mut exchange => return answer,
-            // A closed connection fails the exchange, which then answers.
-            _ = &mut conn, if !conn_done => conn_done = true,
-        }
-    }
+    relay::exchange_confirmed(head, bytes, send, confirm, shared.max_message).await
 }
 
 /// Which intercepted method a call is.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     Pull,
     Create,
     RunSandbox,
 }
 
 impl Kind {
-    fn method(self) -> &'static str {
+    pub(crate) fn method(self) -> &'static str {
         match self {
             Kind::Pull => "PullImage",
             Kind::Create => "CreateContainer",

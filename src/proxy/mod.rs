@@ -5,13 +5,15 @@
 //! stops accepting, removes the socket file, lets in-flight calls finish within the grace period
 //! and drops what is left.
 
-mod authority;
 mod budget;
 mod conn;
+mod frame;
 pub mod grpc;
+mod hpack;
 pub mod intercept;
 mod relay;
 mod socket;
+mod splice;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -26,7 +28,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-pub use budget::Stats;
+pub use budget::{Stats, method_index, method_name};
 pub use intercept::{AllowAll, Call, Guard, Verdict};
 
 /// Why the proxy could not start.
@@ -71,6 +73,7 @@ impl Proxy {
         let listener = bind_with_mode(&path, cfg.socket_mode).map_err(io)?;
         let meta = std::fs::metadata(&path).map_err(io)?;
         let budget = budget::Budget::new(cfg.max_intercepted_buffer);
+        hpack::warm_up();
         Ok(Proxy {
             listener,
             ident: (meta.dev(), meta.ino()),
@@ -123,7 +126,7 @@ impl Proxy {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((io, _)) => {
-                        conns.spawn(conn::serve(io, shared.clone(), stop_rx.clone()));
+                        conns.spawn(splice::serve(io, shared.clone(), stop_rx.clone()));
                     }
                     Err(e) => {
                         // EMFILE and the like: back off briefly instead of spinning.

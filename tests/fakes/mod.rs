@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod gate;
+pub mod rawconn;
+pub mod tap;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
