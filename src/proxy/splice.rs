@@ -494,10 +494,18 @@ impl Relay {
                     self.end_connection();
                 }
             }
+            // A side held back because the other side's output was over HIGH_WATER is not
+            // registered for reading; once the flush brings that output down, read it in this
+            // poll, or nothing would wake the task for it (a client's WINDOW_UPDATE unread while
+            // the runtime side waits for it: both sides stuck).
+            let held = (!self.can_read_client(), !self.can_read_runtime());
             match self.flush(cx) {
                 Err(()) => return Poll::Ready(()),
                 Ok(true) if self.closing => return Poll::Ready(()),
                 Ok(_) => {}
+            }
+            if (held.0 && self.can_read_client()) || (held.1 && self.can_read_runtime()) {
+                again = true;
             }
             if !again {
                 return Poll::Pending;
