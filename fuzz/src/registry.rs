@@ -13,7 +13,9 @@
 //! one.
 //!
 //! Oracle: an allow needs a payload signed by one of the configured keys, so an allowed input
-//! must serve one of the real signed payloads byte for byte; anything else is a forgery.
+//! must serve one of the real signed payloads byte for byte (for a Sigstore bundle: its DSSE
+//! payload type and payload, or its message digest and signature, which is what the key signed;
+//! a bundle's key hint and verification material are not signed); anything else is a forgery.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -104,6 +106,7 @@ predicateType = "spdxjson"
             walk(&sh.join("testdata/cosign-real").join(dir), &mut signed);
         }
         walk(&sh.join("reference/cosign3/samples"), &mut signed);
+        let signed = signed.iter().map(|b| signed_core(b)).collect();
         State {
             rt,
             port,
@@ -112,6 +115,34 @@ predicateType = "spdxjson"
             signed,
         }
     })
+}
+
+/// What a key signed in `blob`: for a Sigstore bundle, its DSSE payload type and decoded
+/// payload, or its message digest and signature; the rest of a bundle (the key hint, the
+/// verification material) is not signed, so a bundle that differs only there is no forgery.
+/// Anything else (a simple-signing payload, a DSSE `.att` layer): the blob itself.
+fn signed_core(blob: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(blob) else {
+        return blob.to_vec();
+    };
+    let text = |v: Option<&serde_json::Value>| v.and_then(|t| t.as_str()).unwrap_or("").to_owned();
+    if let Some(env) = v.get("dsseEnvelope") {
+        let payload = env
+            .get("payload")
+            .and_then(|p| p.as_str())
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+        if let Some(payload) = payload {
+            let mut core = format!("dsse\0{}\0", text(env.get("payloadType"))).into_bytes();
+            core.extend_from_slice(&payload);
+            return core;
+        }
+    }
+    if let Some(m) = v.get("messageSignature") {
+        let digest = text(m.get("messageDigest").and_then(|d| d.get("digest")));
+        return format!("message\0{digest}\0{}", text(m.get("signature"))).into_bytes();
+    }
+    blob.to_vec()
 }
 
 fn walk(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
@@ -213,7 +244,7 @@ pub(crate) fn registry(data: &[u8]) {
         .block_on(st.verifier.check_image(&image, "default", &Auth::Anonymous));
     if d.allowed {
         assert!(
-            blobs.iter().any(|b| st.signed.contains(b)),
+            blobs.iter().any(|b| st.signed.contains(&signed_core(b))),
             "allowed {image} without a payload the configured keys signed: {}",
             d.reason()
         );
