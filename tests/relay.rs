@@ -732,3 +732,69 @@ async fn thousand_containers_with_a_slow_reader() {
     .await
     .unwrap();
 }
+
+/// Large answers read as fast as the client can: the relay's output to the client goes over its
+/// high-water mark (both sides are then held back) and drains; both sides must be read again
+/// after that, with nothing else to wake the relay (a lost wakeup there once hung a
+/// 1,000-container list on containerd 2.1). 40 calls of 2 MiB each on one connection with large
+/// windows: every one is answered whole within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_keep_flowing() {
+    const SIZE: usize = 2 << 20;
+    let dir = sock_dir();
+    let frames: Vec<Bytes> = vec![0x5a_u8; SIZE]
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let up = RawUpstream::start(&dir.path().join("up.sock"), move |_, _| {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Reply {
+            headers: grpc_headers(),
+            frames: frames.clone(),
+            trailers,
+            delay: Duration::ZERO,
+        }
+    });
+    let proxy = TestProxy::start(&dir.path().join("g.sock"), &up.path, Arc::new(AllowAll));
+    let io = tokio::net::UnixStream::connect(&proxy.path).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(8 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake::<_, Bytes>(io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..40 {
+        let call = async {
+            let mut send = send.clone().ready().await.unwrap();
+            let req =
+                http::Request::post("http://localhost/runtime.v1.RuntimeService/ListContainers")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+            let (resp, mut tx) = send.send_request(req, false).unwrap();
+            tx.send_data(
+                frame(&cri::ListContainersRequest::default().encode_to_vec()),
+                true,
+            )
+            .unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            let mut n = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                n += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            let trailers = body.trailers().await.unwrap().unwrap();
+            (n, trailers["grpc-status"].clone())
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("call {i}: no complete answer within 20 s: the relay stalled")
+            });
+        assert_eq!(got, (SIZE, HeaderValue::from_static("0")), "call {i}");
+    }
+}
