@@ -24,7 +24,7 @@
 //!                    │
 //!                    └─ proxy::splice ── per connection: the frame relay. The kubelet's HTTP/2
 //!                          │   connection and one runtime connection joined frame by frame in
-//!                          │   one task (one read and one write per side per pass); request
+//!                          │   one task (one read per side per pass; writes until done or full); request
 //!                          │   header blocks decoded (route by :path) and re-encoded without
 //!                          │   indexing; runtime frames relayed as they are (header blocks
 //!                          │   checked with a mirror decoder); flow control, SETTINGS, GOAWAY

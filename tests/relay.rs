@@ -734,10 +734,11 @@ async fn thousand_containers_with_a_slow_reader() {
 }
 
 /// Large answers read as fast as the client can: the relay's output to the client goes over its
-/// high-water mark (both sides are then held back) and drains; both sides must be read again
-/// after that, with nothing else to wake the relay (a lost wakeup there once hung a
-/// 1,000-container list on containerd 2.1). 40 calls of 2 MiB each on one connection with large
-/// windows: every one is answered whole within its bound.
+/// high-water mark (both sides are then held back), is written partly, and drains. Two lost
+/// wakeups lived there: a side held back was not read again once the flush drained the output,
+/// and a partial write registered no waker for the rest (they hung a 1,000-container list on
+/// containerd 2.1). 40 calls of 2 MiB each on one connection with large windows: every one is
+/// answered whole within its bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_answers_keep_flowing() {
     const SIZE: usize = 2 << 20;
@@ -766,6 +767,7 @@ async fn large_answers_keep_flowing() {
         .unwrap();
     tokio::spawn(conn);
     for i in 0..40 {
+        let received = std::sync::atomic::AtomicUsize::new(0);
         let call = async {
             let mut send = send.clone().ready().await.unwrap();
             let req =
@@ -785,6 +787,7 @@ async fn large_answers_keep_flowing() {
             while let Some(chunk) = body.data().await {
                 let chunk = chunk.unwrap();
                 n += chunk.len();
+                received.store(n, std::sync::atomic::Ordering::Relaxed);
                 let _ = body.flow_control().release_capacity(chunk.len());
             }
             let trailers = body.trailers().await.unwrap().unwrap();
@@ -793,7 +796,8 @@ async fn large_answers_keep_flowing() {
         let got = tokio::time::timeout(Duration::from_secs(20), call)
             .await
             .unwrap_or_else(|_| {
-                panic!("call {i}: no complete answer within 20 s: the relay stalled")
+                let n = received.load(std::sync::atomic::Ordering::Relaxed);
+                panic!("call {i}: {n} of {SIZE} bytes and no end within 20 s: the relay stalled")
             });
         assert_eq!(got, (SIZE, HeaderValue::from_static("0")), "call {i}");
     }

@@ -530,32 +530,43 @@ impl Relay {
 
     /// Writes each side once. `Ok(true)`: nothing left to write to the client.
     fn flush(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        // Each side is written until its buffer is empty or the socket is full: a partial
+        // write is retried at once, so whatever stays buffered has a writability waker
+        // registered (after a partial write alone, nothing would wake the task to finish it).
+        // A write that takes everything, the usual case, is still one syscall.
+        let mut broke = false;
         if let Up::Live { sock, .. } = &mut self.up {
-            if self.uout.pending() > 0 {
+            while self.uout.pending() > 0 {
                 match sock.poll_write_from(cx, &self.uout.data[self.uout.at..]) {
-                    Poll::Ready(Ok(n)) => self.uout.at += n,
-                    Poll::Ready(Err(_)) => self.runtime_lost("connection broke"),
-                    Poll::Pending => {}
-                }
-                if self.uout.at == self.uout.data.len() {
-                    self.uout.data.clear();
-                    self.uout.at = 0;
+                    Poll::Ready(Ok(n)) if n > 0 => self.uout.at += n,
+                    Poll::Ready(_) => {
+                        broke = true;
+                        break;
+                    }
+                    Poll::Pending => break,
                 }
             }
+            if self.uout.at == self.uout.data.len() {
+                self.uout.data.clear();
+                self.uout.at = 0;
+            }
         }
-        if self.cout.pending() > 0 {
+        if broke {
+            self.runtime_lost("connection broke");
+        }
+        while self.cout.pending() > 0 {
             match self
                 .client
                 .poll_write_from(cx, &self.cout.data[self.cout.at..])
             {
-                Poll::Ready(Ok(n)) => self.cout.at += n,
-                Poll::Ready(Err(_)) => return Err(()),
-                Poll::Pending => {}
+                Poll::Ready(Ok(n)) if n > 0 => self.cout.at += n,
+                Poll::Ready(_) => return Err(()),
+                Poll::Pending => break,
             }
-            if self.cout.at == self.cout.data.len() {
-                self.cout.data.clear();
-                self.cout.at = 0;
-            }
+        }
+        if self.cout.at == self.cout.data.len() {
+            self.cout.data.clear();
+            self.cout.at = 0;
         }
         Ok(self.cout.pending() == 0)
     }
