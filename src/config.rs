@@ -16,6 +16,7 @@
 //! max_intercepted_buffer = "64MiB"             # all such bodies being buffered at once, in total
 //! intercepted_request_timeout = "10s"          # time for such a body to arrive whole
 //! max_streams_per_connection = 1000            # calls in flight on one client connection
+//! max_connections = 256                        # client connections at once; more are refused
 //! policy = "/etc/cri-guard/policy.toml"        # image policy; without one, everything is allowed
 //! policy_watch = true                          # reload the policy when its file changes (SIGHUP always does)
 //!
@@ -61,6 +62,9 @@ pub struct Config {
     /// SETTINGS_MAX_CONCURRENT_STREAMS: gRPC clients queue calls beyond it; a stream opened
     /// against it is refused (REFUSED_STREAM).
     pub max_streams_per_connection: u32,
+    /// Client connections served at once; one more is refused at once (GOAWAY
+    /// ENHANCE_YOUR_CALM naming this key) and closed.
+    pub max_connections: u32,
     /// The image policy file; `None` runs the proxy without verification (logged loudly).
     pub policy: Option<PathBuf>,
     /// Reload the policy when its file changes (SIGHUP reloads it either way).
@@ -102,6 +106,7 @@ impl Default for Config {
             max_intercepted_buffer: 64 << 20,
             intercepted_request_timeout: Duration::from_secs(10),
             max_streams_per_connection: 1000,
+            max_connections: 256,
             policy: None,
             policy_watch: true,
             log: LogConfig {
@@ -218,6 +223,7 @@ const TOP_KEYS: &[&str] = &[
     "max_intercepted_buffer",
     "intercepted_request_timeout",
     "max_streams_per_connection",
+    "max_connections",
     "policy",
     "policy_watch",
     "log",
@@ -352,6 +358,17 @@ impl Validator {
                     .ok_or("a whole number from 1 to 100000")
             },
         );
+        let max_connections = self.parsed(
+            "max_connections",
+            pick(t, "max_connections", &None),
+            d.max_connections,
+            |s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=65_536).contains(n))
+                    .ok_or("a whole number from 1 to 65536")
+            },
+        );
         let policy = self.parsed("policy", pick(t, "policy", &o.policy), None, |s| {
             if s.is_empty() {
                 Err("a path to the policy file")
@@ -402,6 +419,7 @@ impl Validator {
             max_intercepted_buffer,
             intercepted_request_timeout,
             max_streams_per_connection,
+            max_connections,
             policy,
             policy_watch,
             log: LogConfig { format, level },
@@ -570,6 +588,7 @@ mod tests {
             max_intercepted_buffer = "8MiB"
             intercepted_request_timeout = "2s"
             max_streams_per_connection = 64
+            max_connections = 32
             [log]
             format = "json"
             level = "debug"
@@ -585,6 +604,7 @@ mod tests {
         assert_eq!(c.max_intercepted_buffer, 8 << 20);
         assert_eq!(c.intercepted_request_timeout, Duration::from_secs(2));
         assert_eq!(c.max_streams_per_connection, 64);
+        assert_eq!(c.max_connections, 32);
         assert_eq!(c.log.format, LogFormat::Json);
     }
 
@@ -627,6 +647,7 @@ mod tests {
             max_intercepted_buffer = "8MiB"
             intercepted_request_timeout = "0s"
             max_streams_per_connection = 0
+            max_connections = 0
             "#,
         )
         .unwrap_err();
@@ -635,10 +656,11 @@ mod tests {
             "`max_intercepted_buffer` (8388608 bytes) is smaller than `max_intercepted_message`",
             "`intercepted_request_timeout`",
             "`max_streams_per_connection`",
+            "`max_connections`",
         ] {
             assert!(text.contains(key), "{key} not reported in:\n{text}");
         }
-        assert_eq!(e.problems.len(), 3, "{text}");
+        assert_eq!(e.problems.len(), 4, "{text}");
         let e = parse("max_intercepted_buffer = \"1B\"\nmax_streams_per_connection = \"x\"")
             .unwrap_err();
         assert_eq!(e.problems.len(), 2, "{e}");

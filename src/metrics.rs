@@ -363,6 +363,7 @@ pub struct Metrics {
     relay_errors: Vec<Counter>,
     upstream_connects: Counter,
     upstream_connect_failures: Counter,
+    refused_connections: Counter,
     upstream_up: Gauge,
     /// `rule` label values in use.
     rules: RwLock<BTreeSet<String>>,
@@ -493,6 +494,12 @@ impl Metrics {
             "Failed attempts to connect to the runtime's socket (each fails a call with Unavailable)",
             upstream_connect_failures.clone(),
         );
+        let refused_connections = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Client connections refused because max_connections were open (answered with GOAWAY ENHANCE_YOUR_CALM)",
+            refused_connections.clone(),
+        );
         let upstream_up = Gauge::default();
         registry.register(
             "upstream_up",
@@ -517,6 +524,7 @@ impl Metrics {
             relay_errors,
             upstream_connects,
             upstream_connect_failures,
+            refused_connections,
             upstream_up,
             rules: RwLock::new(BTreeSet::new()),
             registries: RwLock::new(Arc::new(BTreeSet::new())),
@@ -548,6 +556,11 @@ impl Metrics {
         } else {
             self.upstream_connect_failures.inc();
         }
+    }
+
+    /// A client connection was refused (`max_connections`).
+    pub fn refused_connection(&self) {
+        self.refused_connections.inc();
     }
 
     /// The result of probing the runtime (the listener does it before each scrape).

@@ -287,3 +287,121 @@ async fn unknown_method_set_is_bounded() {
     assert_eq!(up.requests().len(), 2000);
     assert_eq!(proxy.stats.unknown_methods_tracked(), 256);
 }
+
+/// One echo call on an h2 connection; the echoed body, or the error that ended it (a refused
+/// connection's GOAWAY).
+async fn echo_call(send: &h2::client::SendRequest<Bytes>) -> Result<Bytes, h2::Error> {
+    let mut send = send.clone().ready().await?;
+    let req = Request::post("http://localhost/runtime.v1.RuntimeService/Version")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut tx) = send.send_request(req, false)?;
+    tx.send_data(frame(b"ping"), true)?;
+    let mut body = resp.await?.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk?);
+    }
+    Ok(Bytes::from(got))
+}
+
+/// With `max_connections = 8`, eight client connections are served; the next ones get the
+/// server preface and a GOAWAY (ENHANCE_YOUR_CALM) naming the setting, and are closed. A peer
+/// that opens 1,000 more and keeps its ends open holds nothing in cri-guard (RSS stays within
+/// a few MiB) and nothing reaches the runtime for them. Once a served connection closes, a new
+/// one is served again.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    let dir = sock_dir();
+    let up = RawUpstream::start(&dir.path().join("up.sock"), echo);
+    let listen = dir.path().join("g.sock");
+    let guard = start_binary(
+        dir.path(),
+        &format!(
+            "listen = \"{}\"\nupstream = \"{}\"\nmax_connections = 8\n",
+            listen.display(),
+            up.path.display()
+        ),
+        &listen,
+    );
+    let pid = guard.0.id();
+    // start_binary's readiness probe connected once; let the proxy see that one close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut served = Vec::new();
+    for _ in 0..8 {
+        let io = tokio::net::UnixStream::connect(&listen).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        assert_eq!(echo_call(&send).await.unwrap(), frame(b"ping"));
+        served.push((send, conn));
+    }
+    let requests = up.requests().len();
+    let (rss_before, _) = rss_kib(pid);
+
+    // The ninth: the preface and a GOAWAY, then the end of the stream.
+    let mut io = tokio::net::UnixStream::connect(&listen).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got))
+        .await
+        .expect("the refused connection is closed")
+        .unwrap();
+    assert!(got.len() >= 9 + 17, "{got:?}");
+    assert_eq!((got[3], got[4]), (4, 0), "SETTINGS first: {got:?}");
+    let goaway = &got[9..];
+    assert_eq!(goaway[3], 7, "then GOAWAY: {got:?}");
+    assert_eq!(&goaway[13..17], &0xbu32.to_be_bytes(), "ENHANCE_YOUR_CALM");
+    let text = String::from_utf8_lossy(&goaway[17..]);
+    assert!(text.contains("`max_connections`"), "{text}");
+
+    // A thousand more, kept open by the peer: each refused, none held.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(std::os::unix::net::UnixStream::connect(&listen).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss_after, _) = rss_kib(pid);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        fds < 64,
+        "cri-guard holds {fds} file descriptors with 8 connections served"
+    );
+    let grown_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    assert!(
+        grown_mib < 4.0,
+        "cri-guard grew by {grown_mib:.1} MiB for refused connections"
+    );
+    assert_eq!(
+        up.requests().len(),
+        requests,
+        "a refused connection reached the runtime"
+    );
+    drop(held);
+
+    // A served connection closes; a new one is served.
+    let (send, conn) = served.pop().unwrap();
+    drop(send);
+    conn.abort();
+    let started = Instant::now();
+    loop {
+        let io = tokio::net::UnixStream::connect(&listen).await.unwrap();
+        if let Ok((send, conn)) = h2::client::handshake(io).await {
+            tokio::spawn(conn);
+            // Refused (GOAWAY) until cri-guard has seen the close; then served.
+            if let Ok(Ok(body)) =
+                tokio::time::timeout(Duration::from_secs(2), echo_call(&send)).await
+            {
+                assert_eq!(body, frame(b"ping"));
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no connection served after one of the eight closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -116,6 +116,7 @@ pub struct Stats {
     pub(crate) upstream_connects: AtomicU64,
     pub(crate) upstream_connect_failures: AtomicU64,
     pub(crate) upstream_lost: AtomicU64,
+    pub(crate) refused_connections: AtomicU64,
 }
 
 impl Default for Stats {
@@ -135,6 +136,7 @@ impl Default for Stats {
             upstream_connects: AtomicU64::new(0),
             upstream_connect_failures: AtomicU64::new(0),
             upstream_lost: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
         }
     }
 }
@@ -189,6 +191,11 @@ impl Stats {
     /// Relayed runtime connections that broke or were closed by the runtime while in use.
     pub fn upstream_lost(&self) -> u64 {
         self.upstream_lost.load(Ordering::Relaxed)
+    }
+
+    /// Client connections refused because `max_connections` were being served.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
     }
 
     #[inline]

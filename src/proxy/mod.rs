@@ -19,8 +19,9 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -55,6 +56,8 @@ pub struct Proxy {
     /// (device, inode) of our socket file, so shutdown removes only our own file.
     ident: (u64, u64),
     grace: Duration,
+    /// Client connections served at once (`max_connections`).
+    max_connections: usize,
     shared: Arc<conn::Shared>,
 }
 
@@ -79,6 +82,7 @@ impl Proxy {
             ident: (meta.dev(), meta.ino()),
             path,
             grace: cfg.shutdown_grace,
+            max_connections: cfg.max_connections as usize,
             shared: Arc::new(conn::Shared {
                 upstream: cfg.upstream.clone(),
                 connect_timeout: cfg.connect_timeout,
@@ -114,8 +118,10 @@ impl Proxy {
             path,
             ident,
             grace,
+            max_connections,
             shared,
         } = self;
+        let mut refusals = Refusals::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -125,6 +131,12 @@ impl Proxy {
                 _ = &mut shutdown => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = listener.accept() => match accepted {
+                    Ok((io, _)) if conns.len() >= max_connections => {
+                        refuse(io, max_connections);
+                        shared.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::METRICS.refused_connection();
+                        refusals.note(max_connections);
+                    }
                     Ok((io, _)) => {
                         conns.spawn(splice::serve(io, shared.clone(), stop_rx.clone()));
                     }
@@ -184,6 +196,52 @@ fn bind_with_mode(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         return Err(e);
     }
     Ok(listener)
+}
+
+/// Answers a connection over `max_connections` and closes it: the server preface (an empty
+/// SETTINGS) and a GOAWAY with ENHANCE_YOUR_CALM whose debug data names the setting, written
+/// without waiting (a fresh socket's buffer takes these few bytes; a peer that cannot take them
+/// just sees the close). gRPC clients report it as Unavailable and retry with backoff.
+fn refuse(io: tokio::net::UnixStream, max: usize) {
+    let mut out = Vec::with_capacity(128);
+    frame::put_settings(&mut out, &[]);
+    let debug = format!(
+        "cri-guard: {max} client connections are open, the most `max_connections` allows; \
+         close one or raise it"
+    );
+    frame::put_goaway(
+        &mut out,
+        0,
+        frame::Reason::EnhanceYourCalm,
+        debug.as_bytes(),
+    );
+    let _ = io.try_write(&out);
+}
+
+/// Rate limit for the warning about refused connections: one line per 10 s at most, with the
+/// count since the last one (a peer opening connections in a loop cannot flood the log).
+#[derive(Default)]
+struct Refusals {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, max: usize) {
+        self.since += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            warn!(
+                refused = self.since,
+                max_connections = max,
+                "refused client connections: the most `max_connections` allows are open"
+            );
+            self.last = Some(Instant::now());
+            self.since = 0;
+        }
+    }
 }
 
 /// Makes `path` free for binding: a stale socket (nobody accepting) is removed; a live one or a
