@@ -9,7 +9,8 @@
 //! as a diff) and start it; 5 audit every image in the registry; 6 a pod with the unsigned
 //! image (refused at pull, with the kubelet's reason); 7 a pod with the signed image (runs);
 //! 8 an unsigned image imported straight into containerd (refused at CreateContainer; `audit
-//! --node` lists it); 9 metrics and 10 the decision log; then keyless verified offline, the
+//! --node` lists it); 9 metrics and 10 the decision log; 11 a policy update reloaded by the
+//! running guard (a broken one refused, the old one kept); then keyless verified offline, the
 //! `runtime.v1alpha2` API refused, containerd restarted under cri-guard, and SIGTERM.
 //!
 //! Each check prints `ok` or `FAIL` with what was seen; the demo goes on after a failure and
@@ -914,13 +915,75 @@ async fn main() {
         ),
     );
 
+    // ------------------------------------------------------------------------------- 11
+    demo.step("11. A policy update reaches the running guard: reloaded on file change, no restart");
+    let metric = |name: &str| -> Option<f64> {
+        let (_, text) = http_get(&guard.metrics, "/metrics");
+        text.lines()
+            .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    // As an editor or a ConfigMap update does it: a new file renamed over the old one.
+    let replace = |text: &str| {
+        let tmp = dir.join(".policy.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &policy).unwrap();
+    };
+    let before = metric("cri_guard_policy_generation").unwrap_or(-1.0);
+    show_cmd(
+        &dir,
+        &["printf '[[rules]\\nname = \"broken\\n' > $DEMO/policy.toml   # a broken edit"],
+    );
+    replace("[[rules]\nname = \"broken\n");
+    let refused =
+        support::util::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            metric("cri_guard_policy_last_reload_success") == Some(0.0)
+        });
+    let (_, ready) = http_get(&guard.metrics, "/readyz");
+    demo.check(
+        refused && metric("cri_guard_policy_generation") == Some(before),
+        format!(
+            "the broken policy is refused (cri_guard_policy_last_reload_success 0); generation {before} stays in force: /readyz -> {}",
+            ready.trim()
+        ),
+    );
+    demo.check(
+        pull(nosbom.clone()).await.is_err(),
+        format!("PullImage {nosbom} still refused under the policy in force (no SBOM)"),
+    );
+    demo.note("policy.toml <- policy-signed.toml: the SBOM requirement dropped for demo/*");
+    replace(&std::fs::read_to_string(&sign_policy).unwrap());
+    let reloaded =
+        support::util::poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            metric("cri_guard_policy_generation").is_some_and(|g| g > before)
+                && metric("cri_guard_policy_last_reload_success") == Some(1.0)
+        });
+    let generation = metric("cri_guard_policy_generation").unwrap_or(-1.0);
+    let success = metric("cri_guard_policy_last_reload_success").unwrap_or(-1.0);
+    demo.check(
+        reloaded,
+        format!(
+            "reloaded without a restart: cri_guard_policy_generation {generation}, cri_guard_policy_last_reload_success {success}"
+        ),
+    );
+    match pull(nosbom.clone()).await {
+        Ok(r) => demo.check(
+            true,
+            format!(
+                "PullImage {nosbom} -> {} (signed; no SBOM needed now)",
+                short(&r)
+            ),
+        ),
+        Err(e) => demo.check(false, format!("PullImage {nosbom} after the reload: {e:?}")),
+    };
+
     // ------------------------------------------------------------------------------- more
     demo.step(
-        "11. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline",
+        "12. Keyless: a real cosign keyless signature (Fulcio certificate + Rekor bundle), offline",
     );
     keyless(&mut demo, &bin, &bed);
 
-    demo.step("12. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
+    demo.step("13. Side doors are closed: the deprecated runtime.v1alpha2 API is refused");
     let mut grpc = tonic::client::Grpc::new(cri::channel(&guard_sock));
     let alpha = match grpc.ready().await {
         Ok(()) => {
@@ -950,7 +1013,7 @@ async fn main() {
     };
 
     demo.step(
-        "13. containerd restarts under cri-guard: calls fail fast, then recover by themselves",
+        "14. containerd restarts under cri-guard: calls fail fast, then recover by themselves",
     );
     tokio::task::block_in_place(|| bed.containerd.kill());
     let err = rt.version(cri::VersionRequest::default()).await;
@@ -987,7 +1050,7 @@ async fn main() {
     let (status, _) = http_get(&guard.metrics, "/readyz");
     demo.check(status == 200, format!("/readyz -> {status} again"));
 
-    demo.step("14. Clean up through cri-guard, then SIGTERM it");
+    demo.step("15. Clean up through cri-guard, then SIGTERM it");
     if !sandbox_id.is_empty() {
         let _ = rt
             .stop_pod_sandbox(cri::StopPodSandboxRequest {
