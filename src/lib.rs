@@ -44,8 +44,8 @@
 //!                          │                   client), confirmed pulls
 //!                          ├─ proxy::intercept Call, Verdict, the Guard trait (the decision hook)
 //!                          ├─ proxy::budget    one budget for buffered intercepted bytes (all
-//!                          │                   connections); Stats: per-method relayed calls and
-//!                          │                   errors, runtime connects (what metrics read)
+//!                          │                   connections); Stats: bounded state, refusals;
+//!                          │                   per-method calls and runtime connects → metrics
 //!                          └─ proxy::grpc      unary framing, trailers-only status replies,
 //!                                              bounded and escaped messages and log fields
 //!                          Guard = verify::Verifier: facts from the runtime (PodSandboxStatus,

@@ -95,46 +95,27 @@ pub fn method_index(path: &[u8]) -> usize {
     index.get(path).copied().unwrap_or(KNOWN_METHODS.len())
 }
 
-/// The method name of an index from [`method_index`] (`"other"` past the known ones).
-pub fn method_name(index: usize) -> &'static str {
-    KNOWN_METHODS
-        .get(index)
-        .map_or("other", |m| m.rsplit('/').next().unwrap_or(m))
-}
-
-/// Counters of the proxy, readable while it runs (see [`super::Proxy::stats`]): bounded state,
-/// refusals, calls and errors per CRI method, connections to the runtime. All are relaxed
-/// atomics, bumped where the event happens; a metrics exporter reads them when scraped.
+/// Counters of the proxy, readable while it runs (see [`super::Proxy::stats`]): bounded state
+/// and refusals. All are relaxed atomics, bumped where the event happens. Calls and errors per
+/// CRI method and connections to the runtime are counted once, in the process's metrics
+/// ([`crate::metrics::METRICS`]), through the `count_*` hooks below.
 #[derive(Debug)]
 pub struct Stats {
     pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) unknown_tracked: AtomicUsize,
     pub(crate) refused_over_budget: AtomicU64,
     pub(crate) refused_over_deadline: AtomicU64,
-    pub(crate) relayed: Box<[AtomicU64]>,
-    pub(crate) errors: Box<[AtomicU64]>,
-    pub(crate) upstream_connects: AtomicU64,
-    pub(crate) upstream_connect_failures: AtomicU64,
     pub(crate) upstream_lost: AtomicU64,
     pub(crate) refused_connections: AtomicU64,
 }
 
 impl Default for Stats {
     fn default() -> Self {
-        let counters = || {
-            (0..=KNOWN_METHODS.len())
-                .map(|_| AtomicU64::new(0))
-                .collect()
-        };
         Stats {
             budget: None,
             unknown_tracked: AtomicUsize::new(0),
             refused_over_budget: AtomicU64::new(0),
             refused_over_deadline: AtomicU64::new(0),
-            relayed: counters(),
-            errors: counters(),
-            upstream_connects: AtomicU64::new(0),
-            upstream_connect_failures: AtomicU64::new(0),
             upstream_lost: AtomicU64::new(0),
             refused_connections: AtomicU64::new(0),
         }
@@ -162,32 +143,6 @@ impl Stats {
         self.refused_over_deadline.load(Ordering::Relaxed)
     }
 
-    /// Calls for the runtime by method index ([`method_index`]): relayed calls, and intercepted
-    /// calls that were forwarded. Calls cri-guard refused itself are not counted here.
-    pub fn relayed_calls(&self, method: usize) -> u64 {
-        self.relayed
-            .get(method)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// Of [`Stats::relayed_calls`], those that ended without grpc-status 0: an error status, a
-    /// reset (either side), or the runtime gone or unreachable.
-    pub fn relay_errors(&self, method: usize) -> u64 {
-        self.errors
-            .get(method)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    /// Connections to the runtime opened (relayed and intercepted calls alike).
-    pub fn upstream_connects(&self) -> u64 {
-        self.upstream_connects.load(Ordering::Relaxed)
-    }
-
-    /// Attempts to connect to the runtime that failed.
-    pub fn upstream_connect_failures(&self) -> u64 {
-        self.upstream_connect_failures.load(Ordering::Relaxed)
-    }
-
     /// Relayed runtime connections that broke or were closed by the runtime while in use.
     pub fn upstream_lost(&self) -> u64 {
         self.upstream_lost.load(Ordering::Relaxed)
@@ -200,28 +155,16 @@ impl Stats {
 
     #[inline]
     pub(crate) fn count_call(&self, method: usize) {
-        if let Some(c) = self.relayed.get(method) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
         METRICS.relayed(method);
     }
 
     #[inline]
     pub(crate) fn count_error(&self, method: usize) {
-        if let Some(c) = self.errors.get(method) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
         METRICS.relay_failed(method);
     }
 
     pub(crate) fn count_connect(&self, ok: bool) {
         METRICS.upstream_connect(ok);
-        let c = if ok {
-            &self.upstream_connects
-        } else {
-            &self.upstream_connect_failures
-        };
-        c.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_lost(&self) {
@@ -251,19 +194,11 @@ mod tests {
         assert!(!b.take(&mut Held::new(&b), usize::MAX));
     }
 
-    /// Known methods have their own counter; anything else shares the last one.
+    /// Known methods have their own index; anything else shares the one past them.
     #[test]
     fn method_indexes() {
         let v = method_index(b"/runtime.v1.RuntimeService/Version");
         assert_eq!(KNOWN_METHODS[v], "/runtime.v1.RuntimeService/Version");
-        assert_eq!(method_name(v), "Version");
         assert_eq!(method_index(b"/runtime.v1.X/Y"), KNOWN_METHODS.len());
-        let s = Stats::default();
-        s.count_call(v);
-        s.count_error(v);
-        s.count_call(KNOWN_METHODS.len());
-        s.count_call(KNOWN_METHODS.len() + 5);
-        assert_eq!((s.relayed_calls(v), s.relay_errors(v)), (1, 1));
-        assert_eq!(s.relayed_calls(KNOWN_METHODS.len()), 1);
     }
 }

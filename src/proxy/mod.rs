@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-pub use budget::{Stats, method_index, method_name};
+pub use budget::{Stats, method_index};
 pub use intercept::{AllowAll, Call, Guard, Verdict};
 
 /// Why the proxy could not start.
