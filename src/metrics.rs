@@ -25,7 +25,6 @@
 pub mod http;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
@@ -370,8 +369,6 @@ pub struct Metrics {
     /// Registries the policy names (the `registry` label values).
     registries: RwLock<Arc<BTreeSet<String>>>,
     sources: Arc<RwLock<Sources>>,
-    /// Set by the listener before each scrape: 1 up, 0 down, -1 not probed.
-    probed: AtomicI64,
 }
 
 /// Buckets of the decision time: a cache hit takes microseconds, a verification up to the
@@ -529,7 +526,6 @@ impl Metrics {
             rules: RwLock::new(BTreeSet::new()),
             registries: RwLock::new(Arc::new(BTreeSet::new())),
             sources,
-            probed: AtomicI64::new(-1),
         }
     }
 
@@ -566,7 +562,6 @@ impl Metrics {
     /// The result of probing the runtime (the listener does it before each scrape).
     pub fn set_upstream_up(&self, up: bool) {
         self.upstream_up.set(i64::from(up));
-        self.probed.store(i64::from(up), Ordering::Relaxed);
     }
 
     /// A decision cache lookup.

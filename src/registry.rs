@@ -363,11 +363,7 @@ impl Registry {
         max: usize,
         auth: &Auth,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
-        if !valid_digest(digest) {
-            return Err(RegistryError::Malformed(format!(
-                "{digest:?} is not a sha256 digest"
-            )));
-        }
+        require_digest(digest)?;
         let endpoint = self.endpoint(repo.registry());
         let mut url = format!("{endpoint}/v2/{}/referrers/{digest}", repo.repository());
         let mut all = Vec::new();
@@ -412,11 +408,7 @@ impl Registry {
         max: usize,
         auth: &Auth,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
-        if !valid_digest(digest) {
-            return Err(RegistryError::Malformed(format!(
-                "{digest:?} is not a sha256 digest"
-            )));
-        }
+        require_digest(digest)?;
         let tag = referrers_tag(digest);
         let Some(m) = self.manifest_at(repo, &tag, auth).await? else {
             return Ok(None);
@@ -529,11 +521,7 @@ impl Registry {
         limit: usize,
         auth: &Auth,
     ) -> Result<Bytes, RegistryError> {
-        if !valid_digest(digest) {
-            return Err(RegistryError::Malformed(format!(
-                "{digest:?} is not a sha256 digest"
-            )));
-        }
+        require_digest(digest)?;
         let url = format!(
             "{}/v2/{}/blobs/{digest}",
             self.endpoint(repo.registry()),
@@ -1090,6 +1078,17 @@ fn next_page_last(value: &str) -> Option<Option<String>> {
 }
 
 /// `sha256:` followed by 64 lowercase hex digits.
+/// `Malformed` unless `d` is a `sha256:<64 lowercase hex>` digest.
+fn require_digest(d: &str) -> Result<(), RegistryError> {
+    if valid_digest(d) {
+        Ok(())
+    } else {
+        Err(RegistryError::Malformed(format!(
+            "{d:?} is not a sha256 digest"
+        )))
+    }
+}
+
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
         h.len() == 64

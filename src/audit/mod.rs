@@ -392,7 +392,7 @@ fn or_dash(s: String) -> String {
 
 fn short_digest(d: Option<&str>) -> String {
     match d {
-        Some(d) if d.len() > 19 => format!("{}…", &d[..19]),
+        Some(d) if d.len() > 19 => format!("{}…", d.get(..19).unwrap_or(d)),
         Some(d) => d.to_string(),
         None => "-".into(),
     }

@@ -253,24 +253,10 @@ pub(crate) fn sha256_hex(digest: &str) -> Option<&str> {
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// DSSE v1 pre-authentication encoding: the bytes a DSSE signature is over.
-/// `"DSSEv1" SP len(type) SP type SP len(payload) SP payload`, lengths in ASCII decimal bytes.
-pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let type_len = payload_type.len().to_string();
-    let payload_len = payload.len().to_string();
-    let mut out = Vec::with_capacity(
-        10 + type_len.len() + payload_type.len() + payload_len.len() + payload.len(),
-    );
-    out.extend_from_slice(b"DSSEv1 ");
-    out.extend_from_slice(type_len.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload_type.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload_len.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(payload);
-    out
-}
+/// DSSE v1 pre-authentication encoding: the bytes a DSSE signature is over
+/// (`"DSSEv1" SP len(type) SP type SP len(payload) SP payload`); sigstore-types' own, so the
+/// `.att` path and the bundle path sign over the same bytes.
+pub use sigstore_types::dsse::pae;
 
 /// A parsed DSSE envelope. The base64 texts are kept to recompute Rekor's envelope hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
