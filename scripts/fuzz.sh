@@ -34,6 +34,10 @@ build() {
 }
 
 if [ ! -d "$ROOT/../shared/testdata" ] && [ -z "${CRI_GUARD_FUZZ_SHARED:-}" ]; then
+  if [ -n "${CRI_GUARD_REQUIRE_SHARED:-}" ]; then
+    echo "fuzz: ../shared/testdata is absent and CRI_GUARD_REQUIRE_SHARED is set" >&2
+    exit 1
+  fi
   echo "fuzz: notice: ../shared/testdata is absent; seeds from the real vectors and the signer"
   echo "fuzz: keys are missing, so fuzzing is skipped (set CRI_GUARD_FUZZ_SHARED to run it)"
   exit 0
