@@ -82,7 +82,7 @@ impl Drop for Held {
 }
 
 /// The index of a gRPC path in [`KNOWN_METHODS`], or `KNOWN_METHODS.len()` for any other path:
-/// the index of [`Stats::relayed_calls`] and [`Stats::relay_errors`].
+/// what the per-method metrics take ([`crate::metrics::Metrics::relayed`]).
 pub fn method_index(path: &[u8]) -> usize {
     static INDEX: OnceLock<HashMap<&'static [u8], usize>> = OnceLock::new();
     let index = INDEX.get_or_init(|| {

@@ -93,7 +93,7 @@ use tracing::{debug, warn};
 use super::budget::{Held, method_index};
 use super::conn::{self, Kind, Route, Shared};
 use super::frame::{self as f, ConnError, Head, Reason, conn_err};
-use super::grpc::{Code, Status};
+use super::grpc::{self, Code, Status};
 use super::hpack::{self, Decoder, Fields};
 use super::relay::Answer;
 use super::socket::Socket;
@@ -495,22 +495,35 @@ impl Relay {
                 }
             }
             // A side held back because the other side's output was over HIGH_WATER is not
-            // registered for reading; once the flush brings that output down, read it in this
-            // poll, or nothing would wake the task for it (a client's WINDOW_UPDATE unread while
-            // the runtime side waits for it: both sides stuck).
-            let held = (!self.can_read_client(), !self.can_read_runtime());
+            // registered for reading, and client frames already read wait unprocessed; once the
+            // flush brings that output down, go on in this poll, or nothing would wake the task
+            // for it (a client's WINDOW_UPDATE unread while the runtime side waits for it: both
+            // sides stuck).
+            let held = (
+                !self.can_read_client(),
+                !self.can_read_runtime(),
+                self.output_full(),
+            );
             match self.flush(cx) {
                 Err(()) => return Poll::Ready(()),
                 Ok(true) if self.closing => return Poll::Ready(()),
                 Ok(_) => {}
             }
-            if (held.0 && self.can_read_client()) || (held.1 && self.can_read_runtime()) {
+            if (held.0 && self.can_read_client())
+                || (held.1 && self.can_read_runtime())
+                || (held.2 && !self.output_full())
+            {
                 again = true;
             }
             if !again {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Output to either side over HIGH_WATER: no more client frames are processed (nor read).
+    fn output_full(&self) -> bool {
+        self.uout.pending() >= HIGH_WATER || self.cout.pending() >= HIGH_WATER
     }
 
     fn can_read_client(&self) -> bool {
@@ -762,6 +775,13 @@ impl Relay {
                 at += n;
             }
             while self.preface_left == 0 && end - at >= f::HEAD && self.opening.is_none() {
+                // Output over the high-water mark: the rest waits. A request header block is
+                // re-encoded without indexing, so a few bytes of references into the client's
+                // table can become up to MAX_HEADER_LIST of literals; without this stop one
+                // read could queue that for every stream in it.
+                if self.output_full() {
+                    break;
+                }
                 let head = Head::parse(&buf[at..]);
                 if head.len > f::MAX_FRAME {
                     return Err(conn_err(
@@ -1195,7 +1215,7 @@ impl Relay {
         let method = method_index(path) as u16;
         match conn::route(path, &self.shared) {
             Route::Refuse(status) => {
-                tracing::info!(method = %String::from_utf8_lossy(path), code = ?status.code, "refused");
+                tracing::info!(method = %grpc::Text(&String::from_utf8_lossy(path)), code = ?status.code, "refused");
                 self.own_status(id, end_stream, &status);
             }
             Route::Intercept(kind) => self.open_intercepted(id, kind, end_stream),
