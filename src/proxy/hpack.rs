@@ -4,7 +4,7 @@
 //!
 //! Why our own and not a crate: the relay decodes every request header block (to route by
 //! `:path`) and every response header block (to keep a mirror of the client's decoder, to check
-//! what it relays, and to read `grpc-status`). loona-hpack (already a dependency, and the test
+//! what it relays, and to read `grpc-status`). loona-hpack (a dev-dependency: the test
 //! oracle here) decodes Huffman strings bit by bit with two hash-map lookups per bit and copies
 //! every field into new `Vec`s; h2's codec is not public. This decoder walks Huffman codes a
 //! nibble at a time through a 256-state table built once from RFC 7541 Appendix B, decodes into
