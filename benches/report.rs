@@ -107,14 +107,14 @@ fn passthrough_rows(r: &Results, cd: &str, rows: &mut Vec<Row>) {
         let label = v["label"].as_str().unwrap_or(name);
         let what = format!("passthrough {label}, containerd {cd}: added p50 / p99");
         let measured = format!(
-            "+{:.0} / +{:.0} us = {} / {} socat's",
+            "{:+.0} / {:+.0} us = {} / {} socat's",
             f(v, "guard_added_p50_us").unwrap_or(0.0),
             f(v, "guard_added_p99_us").unwrap_or(0.0),
             x(r50),
             x(r99)
         );
         let baseline = format!(
-            "direct {:.0} us p50; socat +{:.0} / +{:.0} us; other processes {}",
+            "direct {:.0} us p50; socat {:+.0} / {:+.0} us; other processes {}",
             f(v, "direct_p50_us").unwrap_or(0.0),
             f(v, "socat_added_p50_us").unwrap_or(0.0),
             f(v, "socat_added_p99_us").unwrap_or(0.0),
