@@ -64,12 +64,16 @@ pub struct Loaded {
 /// [`Policy::load`] does), with the fingerprint of what was read.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let (fingerprint, text) = read(path)?;
-    let base = path.parent().unwrap_or(Path::new("/"));
-    let policy = Policy::parse(&path.display().to_string(), &text, base)?;
+    let policy = parse(path, &text)?;
     Ok(Loaded {
         policy,
         fingerprint,
     })
+}
+
+fn parse(path: &Path, text: &str) -> Result<Policy, ConfigErrors> {
+    let base = path.parent().unwrap_or(Path::new("/"));
+    Policy::parse(&path.display().to_string(), text, base)
 }
 
 fn read(path: &Path) -> Result<(Fingerprint, String), ConfigErrors> {
@@ -287,24 +291,23 @@ impl Reloader {
         let apply = self.apply.clone();
         let seen = if force { None } else { self.seen.clone() };
         let result = tokio::task::spawn_blocking(move || -> Attempt {
-            let loaded = match load(&path) {
-                Ok(l) => l,
-                Err(e) => {
-                    // A file that is the version already refused or in force gets no second try.
-                    let fingerprint = read(&path).ok().map(|(f, _)| f);
-                    if fingerprint.is_some() && fingerprint == seen {
-                        return Attempt::Unchanged;
-                    }
-                    return Attempt::Refused(fingerprint, e.problems.join("; "));
-                }
+            // The file's fingerprint first: a version already in force or already refused is
+            // not parsed again (a parse reads key files and trust roots).
+            let (fingerprint, text) = match read(&path) {
+                Ok(r) => r,
+                Err(e) => return Attempt::Refused(None, e.problems.join("; ")),
             };
-            if seen.as_ref() == Some(&loaded.fingerprint) {
+            if seen.as_ref() == Some(&fingerprint) {
                 return Attempt::Unchanged;
             }
-            let generation = loaded.policy.generation;
-            match apply(loaded.policy) {
-                Ok(()) => Attempt::Reloaded(loaded.fingerprint, generation),
-                Err(e) => Attempt::Refused(Some(loaded.fingerprint), e),
+            let policy = match parse(&path, &text) {
+                Ok(p) => p,
+                Err(e) => return Attempt::Refused(Some(fingerprint), e.problems.join("; ")),
+            };
+            let generation = policy.generation;
+            match apply(policy) {
+                Ok(()) => Attempt::Reloaded(fingerprint, generation),
+                Err(e) => Attempt::Refused(Some(fingerprint), e),
             }
         })
         .await;
