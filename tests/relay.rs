@@ -802,3 +802,62 @@ async fn large_answers_keep_flowing() {
         assert_eq!(got, (SIZE, HeaderValue::from_static("0")), "call {i}");
     }
 }
+
+/// An HPACK integer with a `prefix`-bit prefix (RFC 7541 section 5.1), first byte flags 0.
+fn hpack_int(out: &mut Vec<u8>, prefix: u8, mut v: usize) {
+    let max = (1usize << prefix) - 1;
+    if v < max {
+        out.push(v as u8);
+        return;
+    }
+    out.push(max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// Request trailers over the header-list bound (64 KiB) on a relayed call are not relayed cut
+/// short: the call is reset toward the client (ENHANCE_YOUR_CALM) and toward the runtime, and
+/// the connection goes on serving.
+#[tokio::test]
+async fn oversized_request_trailers_reset_the_call() {
+    let dir = sock_dir();
+    let up = RawUpstream::start(&dir.path().join("up.sock"), echo);
+    let proxy = TestProxy::start(&dir.path().join("p.sock"), &up.path, Arc::new(AllowAll));
+    let mut c = RawConn::connect(&proxy.path, &[]).await;
+    let id = c.next_id;
+    c.next_id += 2;
+    let block = c.request_block("/runtime.v1.RuntimeService/Version", &[]);
+    let mut out = frame_bytes(1, 0x4, id, &block);
+    out.extend(frame_bytes(0, 0, id, &frame(b"ping")));
+    // The trailers: one 80,000-byte field, a literal without indexing (the client's table is
+    // left as it was), over HEADERS and CONTINUATION frames, ending the stream.
+    let mut trailers = vec![0x00];
+    hpack_int(&mut trailers, 7, 5);
+    trailers.extend_from_slice(b"x-big");
+    hpack_int(&mut trailers, 7, 80_000);
+    trailers.extend(std::iter::repeat_n(b'a', 80_000));
+    let chunks: Vec<&[u8]> = trailers.chunks(16_384).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let end_headers = if i + 1 == chunks.len() { 0x4 } else { 0 };
+        let (kind, flags) = if i == 0 {
+            (1, 0x1 | end_headers)
+        } else {
+            (9, end_headers)
+        };
+        out.extend(frame_bytes(kind, flags, id, chunk));
+    }
+    c.send(&out).await;
+    let resp = c.finish(id).await;
+    assert_eq!(resp.reset, Some(0xb), "{resp:?}");
+    // The connection still serves.
+    let next = c
+        .start_call("/runtime.v1.RuntimeService/Version", &frame(b"again"), &[])
+        .await;
+    let resp = c.finish(next).await;
+    assert_eq!(resp.status().as_deref(), Some("0"), "{resp:?}");
+    assert_eq!(resp.data, frame(b"again"));
+}

@@ -1292,6 +1292,13 @@ impl Relay {
             return Err(conn_err(Reason::Protocol, "trailers without END_STREAM"));
         }
         stream.client_done = true;
+        if self.fields.over && matches!(stream.role, Role::Relayed { .. }) {
+            // Trailers over the header-list bound are not relayed cut short: the call is reset
+            // on both sides (toward the runtime as if the client had reset it).
+            self.client_reset(id, Reason::Cancel as u32);
+            f::put_rst(&mut self.cout.data, id, Reason::EnhanceYourCalm);
+            return Ok(());
+        }
         match &stream.role {
             Role::Relayed { runtime_done, .. } => {
                 let done = *runtime_done;
