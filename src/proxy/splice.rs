@@ -110,6 +110,9 @@ const MAX_CONTINUATIONS: usize = 64;
 pub(crate) const MAX_HEADER_LIST: usize = 64 * 1024;
 /// Largest dynamic table either side may ask for (capped in the SETTINGS relayed).
 const MAX_TABLE: u32 = 64 * 1024;
+/// SETTINGS frames relayed to the runtime and not yet acknowledged, at most (a client sending
+/// them faster than the runtime acks them ends its connection).
+const MAX_UNACKED_SETTINGS: usize = 64;
 /// Streams the client reset recently, whose late frames from the runtime are still relayed.
 const TOMBSTONES: usize = 256;
 /// How long a connection stays after its last call once it is ending (GOAWAY sent): long
@@ -1107,6 +1110,12 @@ impl Relay {
             self.write_pending();
         }
         if self.runtime_live() {
+            if self.to_runtime.len() >= MAX_UNACKED_SETTINGS {
+                return Err(conn_err(
+                    Reason::EnhanceYourCalm,
+                    "too many SETTINGS frames awaiting an ACK",
+                ));
+            }
             f::put_settings(&mut self.uout.data, &params);
             self.to_runtime.push_back(Origin::Peer);
         } else {
