@@ -659,3 +659,58 @@ async fn timestamps_required() {
         d.reason()
     );
 }
+
+/// A `.att` tag that cannot be read (the registry answers 500 there) does not hide an
+/// attestation found among the referrers: the requirement is met by the Sigstore bundle, as a
+/// signature would be. Without that bundle, the `.att` failure is the denial, with the
+/// requirement it left unmet.
+#[tokio::test]
+async fn unreadable_att_tag_does_not_hide_bundle_attestations() {
+    let Some(dir) = samples() else { return };
+    let bed = Bed::start().await;
+    let (sign, attest) = (
+        artifact(&dir, "5502-new", "sign-bundle"),
+        artifact(&dir, "5502-new", "attest-bundle"),
+    );
+    bed.push(&sign);
+    bed.push(&attest);
+    let att_tag = format!(
+        "/v2/probe/new/manifests/{}.att",
+        IMAGE.replace("sha256:", "sha256-")
+    );
+    let referrers = format!("/v2/probe/new/referrers/{IMAGE}");
+    let set = |entries: Vec<serde_json::Value>| {
+        let (att_tag, referrers) = (att_tag.clone(), referrers.clone());
+        let body = listing_body(&entries);
+        bed.front.set(move |r| {
+            if r.path == att_tag {
+                front::Action::reply(500, &[], "boom")
+            } else if r.path.starts_with(&referrers) {
+                front::Action::reply(200, &[("content-type", INDEX)], body.clone())
+            } else {
+                front::pass(r)
+            }
+        });
+    };
+    let key = dir.join("cosign.pub");
+    let (at, tmp) = (&bed.front.addr, bed._tmp.path());
+    let require = "[[rules.attestations]]\npredicateType = \"spdxjson\"";
+
+    set(vec![entry(&attest), entry(&sign)]);
+    let d = decide(&verifier(at, &key, require, tmp), at, "probe/new").await;
+    assert!(d.allowed, "{}", d.reason());
+    assert_eq!(
+        d.reason(),
+        "signed by cosign3; attested: https://spdx.dev/Document"
+    );
+
+    set(vec![entry(&sign)]);
+    let d = decide(&verifier(at, &key, require, tmp), at, "probe/new").await;
+    assert!(!d.allowed);
+    assert!(
+        d.reason()
+            .starts_with("missing attestation https://spdx.dev/Document"),
+        "{}",
+        d.reason()
+    );
+}

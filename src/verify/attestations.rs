@@ -67,10 +67,19 @@ pub(super) async fn verify(
     auth: &Auth,
     found: &mut Found,
 ) -> Result<Vec<Finding>, Denial> {
-    let (att_place, att_found, layers, skipped) = match &found.att {
-        Some(Ok(a)) => (a.place.clone(), a.found, &a.layers[..], a.skipped.clone()),
-        Some(Err(denial)) => return Err(denial.clone()),
-        None => (String::new(), false, &[][..], Vec::new()),
+    // What the `.att` tag holds could not be read: attestations found elsewhere (Sigstore
+    // bundles among the referrers) still count, as for signatures; if the requirement stays
+    // unmet, that failure is the denial.
+    let (att_place, att_found, layers, skipped, att_error) = match &found.att {
+        Some(Ok(a)) => (
+            a.place.clone(),
+            a.found,
+            &a.layers[..],
+            a.skipped.clone(),
+            None,
+        ),
+        Some(Err(denial)) => (String::new(), false, &[][..], Vec::new(), Some(denial)),
+        None => (String::new(), false, &[][..], Vec::new(), None),
     };
     let mut checked: Vec<Checked> = layers
         .iter()
@@ -180,18 +189,21 @@ pub(super) async fn verify(
         None => Ok(findings),
         Some(why) => {
             let referrers = &found.referrers;
-            let mut d = match (&referrers.error, &referrers.unavailable) {
+            let unseen = att_error
+                .or(referrers.error.as_ref())
+                .or(referrers.unavailable.as_ref());
+            let mut d = match unseen {
                 // What could not be looked at may have held it.
-                (Some(e), _) | (None, Some(e)) => {
+                Some(e) => {
                     let mut d = e.clone();
                     d.reason = format!("{why}; {}", e.reason);
                     d
                 }
-                _ if !att_found && bundles_found == 0 => Denial::new(format!(
+                None if !att_found && bundles_found == 0 => Denial::new(format!(
                     "{why} (nothing at {att_place}; {})",
                     referrers.nothing("attestation bundle")
                 )),
-                _ => Denial::new(why),
+                None => Denial::new(why),
             };
             d.attestations = findings.into();
             Err(d)
