@@ -22,6 +22,7 @@ pub mod dockercfg;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -498,12 +499,15 @@ pub async fn list_images(
     spinner.finish_and_clear();
 
     let bar = progress_bar(opts.progress, repos.len() as u64, "listing tags");
+    // One bound for the tag listings of all repositories together (names and pages).
+    let budget = AtomicUsize::new(0);
     let listed: Vec<(String, Result<Vec<String>, String>)> = stream::iter(repos)
         .map(|(registry, repo)| {
             let auth = creds.auth_for(&registry);
             let bar = bar.clone();
+            let budget = &budget;
             async move {
-                let r = list_tags(client, &registry, &repo, &auth, opts).await;
+                let r = list_tags(client, &registry, &repo, &auth, opts, budget).await;
                 bar.inc(1);
                 (format!("{registry}/{repo}"), r)
             }
@@ -520,9 +524,9 @@ pub async fn list_images(
         }
     }
     images.sort();
-    if images.len() > opts.max_images {
+    if images.len() > opts.max_images || budget.load(Ordering::Relaxed) > opts.max_images {
         report.incomplete.push(format!(
-            "found more than {} images; audited the first {} by name (raise --max-images)",
+            "listed more than {} tags; audited the first {} images by name (raise --max-images)",
             opts.max_images, opts.max_images
         ));
         images.truncate(opts.max_images);
@@ -530,12 +534,17 @@ pub async fn list_images(
     images
 }
 
+/// The tags of one repository, page by page. `listed` is shared by all repositories' listings:
+/// each page adds its names (an empty page counts one), and no page is asked for once it is
+/// over `max_images`, so a registry cannot make the audit hold or request more than about
+/// `max_images` names and pages in all, however many repositories it lists.
 async fn list_tags(
     client: &Registry,
     registry: &str,
     repo: &str,
     auth: &Auth,
     opts: &Options,
+    listed: &AtomicUsize,
 ) -> Result<Vec<String>, String> {
     let shown = format!("{registry}/{repo}");
     let parsed = reference::parse(&shown).map_err(|e| {
@@ -546,7 +555,7 @@ async fn list_tags(
     })?;
     let mut tags = Vec::new();
     let mut last: Option<String> = None;
-    for _ in 0..=opts.max_images {
+    while listed.load(Ordering::Relaxed) <= opts.max_images {
         let page = client
             .tags_page(&parsed, opts.page_size, last.as_deref(), auth)
             .await
@@ -557,10 +566,8 @@ async fn list_tags(
                     bounded(&e.to_string(), MAX_SHOWN)
                 )
             })?;
+        listed.fetch_add(page.names.len().max(1), Ordering::Relaxed);
         tags.extend(page.names.into_iter().filter(|t| !is_attachment_tag(t)));
-        if tags.len() > opts.max_images {
-            return Ok(tags);
-        }
         match page.next {
             Some(n) if Some(&n) != last.as_ref() => last = Some(n),
             Some(_) => {
