@@ -53,7 +53,7 @@ pub(crate) async fn exchange(
     if rx.is_end_stream() {
         return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, max_response, "response", |_| Ok(())).await {
+    let data = match read_body(&mut rx, max_response, "response").await {
         Ok(d) => d,
         Err(ReadError::Refused(status)) => return Answer::Status(status),
         Err(ReadError::Gone) => {
@@ -76,21 +76,19 @@ pub(crate) async fn exchange(
     }
 }
 
-/// Why a body was not read whole.
+/// Why a response body was not read whole.
 pub(crate) enum ReadError {
-    /// The client went away (or reset the stream): nobody to answer.
+    /// The runtime's stream broke off or was reset.
     Gone,
     /// Refused, with this status.
     Refused(Status),
 }
 
-/// Reads a whole body, refusing more than `max` bytes; `admit` is asked before each chunk is
-/// kept (the intercepted-bytes budget) and may refuse it.
+/// Reads the runtime's whole response body to a kept call, refusing more than `max` bytes.
 pub(crate) async fn read_body(
     rx: &mut RecvStream,
     max: usize,
-    method: &str,
-    mut admit: impl FnMut(usize) -> Result<(), Status>,
+    what: &str,
 ) -> Result<Bytes, ReadError> {
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
@@ -102,18 +100,17 @@ pub(crate) async fn read_body(
             return Err(ReadError::Refused(Status::new(
                 Code::ResourceExhausted,
                 format!(
-                    "cri-guard: {method} request larger than {max} bytes refused; raise \
+                    "cri-guard: the runtime's {what} is larger than {max} bytes; raise \
                      `max_intercepted_message` in the cri-guard configuration if this is legitimate"
                 ),
             )));
         }
-        admit(chunk.len()).map_err(ReadError::Refused)?;
         let _ = rx.flow_control().release_capacity(chunk.len());
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
             Some(f) => {
                 // Room for the whole message its gRPC header announces (within `max`), so the
-                // buffer does not grow by doubling past what was admitted.
+                // buffer does not grow by doubling past the announced size.
                 let announced = f.get(1..5).map_or(0, |l| {
                     u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize + 5
                 });
@@ -186,7 +183,7 @@ pub(crate) async fn exchange_confirmed(
         // Trailers-only: an error status. Nothing was stored; pass it on.
         return Answer::TrailersOnly(parts);
     }
-    let data = match read_body(&mut rx, max_response, "PullImage response", |_| Ok(())).await {
+    let data = match read_body(&mut rx, max_response, "PullImage response").await {
         Ok(d) => d,
         Err(_) => {
             return Answer::Status(Status::new(
