@@ -108,23 +108,19 @@ impl Signer<'_> {
 }
 
 /// The signer for `authority`: the key itself, or the certificate `cert` yields (leaf and
-/// untrusted chain, DER) verified by the attestor's CA at every one of `times`.
+/// untrusted chain, DER) verified by the attestor's CA at `at` (named `time_source` in a
+/// refusal).
 fn signer<'a>(
     authority: &'a Authority,
     cert: impl FnOnce() -> Result<(Vec<u8>, Vec<Vec<u8>>), Failure>,
-    times: &[i64],
+    at: i64,
+    time_source: &str,
 ) -> Result<Signer<'a>, AttestationFailure> {
     match authority {
         Authority::Key(key) => Ok(Signer::Key(key)),
         Authority::Certificates(ca) => {
             let (leaf, chain) = cert()?;
-            let mut verified = None;
-            for &at in times {
-                verified = Some(ca.verify_leaf(&leaf, &chain, at)?);
-            }
-            let (key, summary) = verified.ok_or_else(|| Failure::Certificate {
-                reason: "no time to check the certificate at".into(),
-            })?;
+            let (key, summary) = ca.verify_leaf_at(&leaf, &chain, at, time_source)?;
             Ok(Signer::Cert {
                 key: Box::new(key),
                 leaf_der: leaf,
@@ -207,11 +203,17 @@ pub fn verify_attestation_layer(
             Some(rekor_bundle::verify_set(raw, keys)?)
         }
     };
-    let at = entry.as_ref().map_or_else(now_unix, |e| e.integrated_time);
+    // As for `.sig` layers: the certificate is checked at the Rekor integration time, or now
+    // when there is no log entry.
+    let (at, time_source) = match &entry {
+        Some(e) => (e.integrated_time, "Rekor integration time"),
+        None => (now_unix(), "current time"),
+    };
     let signer = signer(
         authority,
         || layer_certificates(layer, authority.name()),
-        &[at],
+        at,
+        time_source,
     )?;
     let sig = verified_signature(&envelope, &signer)?;
     if let Some(entry) = &entry {
