@@ -213,19 +213,7 @@ impl BundleFailure {
 /// Text from a bundle or a verifier, made safe for a message: at most [`MAX_REASON`]
 /// characters, anything but printable ASCII escaped.
 fn reason(s: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_REASON {
-            out.push_str("...");
-            break;
-        }
-        if c.is_ascii_graphic() || c == ' ' {
-            out.push(c);
-        } else {
-            out.extend(c.escape_default());
-        }
-    }
-    out
+    super::shown_max(s, MAX_REASON)
 }
 
 /// Parses a bundle, bounded by [`MAX_BUNDLE_BYTES`].

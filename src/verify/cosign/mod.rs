@@ -90,10 +90,14 @@ pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
 /// Text from a layer, made safe for a log line or a kubelet event: at most 128 characters,
 /// anything but printable ASCII escaped.
 pub(crate) fn shown(s: &str) -> String {
-    const MAX: usize = 128;
+    shown_max(s, 128)
+}
+
+/// [`shown`] with at most `max` characters.
+pub(crate) fn shown_max(s: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i == MAX {
+        if i == max {
             out.push_str("...");
             break;
         }
