@@ -54,7 +54,7 @@ use sigstore_types::{Bundle, SignatureContent};
 
 use super::intoto::{IN_TOTO_PAYLOAD_TYPE, Statement, pae};
 use super::trust::transparency::Transparency;
-use super::{Authority, CertAuthority, Failure, PublicKey, now_unix, shown};
+use super::{Authority, CertAuthority, Failure, PublicKey, hex, now_unix, shown};
 
 /// Media types of Sigstore bundles start with this (cosign checks the same prefix on the
 /// layer of a referrer).
@@ -79,16 +79,8 @@ impl Artifact<'_> {
     /// The artifact's sha256, lowercase hex, if it is one (a digest must be canonical).
     fn sha256_hex(&self) -> Option<String> {
         match self {
-            Artifact::Digest(d) => d
-                .strip_prefix("sha256:")
-                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_ascii_lowercase),
-            Artifact::Blob(b) => Some(
-                Sha256::digest(b)
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect(),
-            ),
+            Artifact::Digest(d) => super::intoto::sha256_hex(d).map(str::to_ascii_lowercase),
+            Artifact::Blob(b) => Some(hex(&Sha256::digest(b))),
         }
     }
 }
@@ -605,12 +597,12 @@ fn message_signature_verifies(
             else {
                 return false;
             };
-            let Some(digest) = unhex(sha256) else {
+            let Ok(digest) = sigstore_types::Sha256Hash::from_hex(sha256) else {
                 return false;
             };
             verify_signature_prehashed(
                 &der,
-                &digest,
+                digest.as_bytes(),
                 &sigstore_types::SignatureBytes::new(sig.to_vec()),
                 scheme,
             )
@@ -678,17 +670,6 @@ fn bind(
             Ok(Some(statement))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The SHA-256 of a DER SubjectPublicKeyInfo, base64: the `publicKey.hint` cosign writes in
