@@ -140,15 +140,7 @@ impl Denial {
     /// This denial, classed as coming from `stage` unless it is classed already.
     fn in_stage(mut self, stage: ReasonClass) -> Denial {
         if self.class == ReasonClass::Other {
-            self.class = match stage {
-                ReasonClass::BadSignature
-                    if self.reason.starts_with("no signature found")
-                        || self.reason.starts_with("no cosign signature layer") =>
-                {
-                    ReasonClass::Unsigned
-                }
-                s => s,
-            };
+            self.class = stage;
         }
         self
     }
@@ -1415,17 +1407,23 @@ async fn verify_signatures(
         return Err(denial.clone());
     }
     let new_format = referrers.nothing("bundle");
-    Err(Denial::new(if !sig_found {
-        format!("no signature found (nothing at {sig_place}; {new_format})")
+    Err(if !sig_found {
+        Denial::of(
+            ReasonClass::Unsigned,
+            format!("no signature found (nothing at {sig_place}; {new_format})"),
+        )
     } else if sig_layers == 0 {
         let skipped = match &found.sig {
             Ok(a) if !a.skipped.is_empty() => a.skipped.join(", "),
             _ => "no layers".to_string(),
         };
-        format!("no cosign signature layer at {sig_place} (found: {skipped}); {new_format}")
+        Denial::of(
+            ReasonClass::Unsigned,
+            format!("no cosign signature layer at {sig_place} (found: {skipped}); {new_format}"),
+        )
     } else {
-        format!("no valid signature ({new_format})")
-    }))
+        Denial::new(format!("no valid signature ({new_format})"))
+    })
 }
 
 fn digest_bytes(digest: &str) -> Option<[u8; 32]> {
@@ -1642,12 +1640,11 @@ mod tests {
                 .in_stage(ReasonClass::BadSignature)
                 .class
         };
+        // Nothing found is classed where it is found (`unsigned`), whatever its words.
         assert_eq!(
-            sig("no signature found (nothing at r/x:sha256-a.sig)"),
-            ReasonClass::Unsigned
-        );
-        assert_eq!(
-            sig("no cosign signature layer at r/x"),
+            Denial::of(ReasonClass::Unsigned, "no signature found")
+                .in_stage(ReasonClass::BadSignature)
+                .class,
             ReasonClass::Unsigned
         );
         assert_eq!(
